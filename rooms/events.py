@@ -1,0 +1,86 @@
+"""The hall's event log records (the equivalent of Asterisk's ``queue_log``).
+
+Every state change of a ticket or clerk produces exactly one :class:`HallEvent`. The engine hands
+them to the store's outbox in the same step as the state change, and the records writer moves them
+to the records database. Reports are computed from this log alone, so an event carries every
+identifier a report may group by (matter, department, clerk, service point, channel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class EventKind(StrEnum):
+    # ticket lifecycle
+    # ticket created and waiting (data: position, priority, kind, callback, number)
+    ENTER_QUEUE = "enter_queue"
+    CALLBACK_REQUESTED = "callback_requested"  # waiting ticket turned into a callback request
+    # ticket offered (reserved) to a clerk (data: timeout_s, widened)
+    OFFER = "offer"
+    ACCEPT = "accept"                    # clerk accepted the offer (data: wait_s)
+    DECLINE = "decline"                  # clerk declined the offer
+    MISS = "miss"                        # offer timed out (data: missed_in_row)
+    SESSION_START = "session_start"      # media session begins (data: wait_s)
+    SESSION_END = "session_end"          # session ended (data: talk_s, ended_by)
+    REQUEUE = "requeue"                  # ticket back in the queue with priority (data: reason)
+    WRAPUP_START = "wrapup_start"        # clerk enters wrap-up (data: deadline)
+    WRAPUP_EXTEND = "wrapup_extend"      # wrap-up timer extended (data: seconds)
+    WRAPUP_END = "wrapup_end"            # outcome recorded (data: outcome, reason, wrapup_s)
+    TRANSFER = "transfer"                # ticket moved (data: from_matter, to_matter, to_clerk)
+    # resident left / disconnected past grace (data: position, wait_s, reason)
+    ABANDON = "abandon"
+    TIMEOUT = "timeout"                  # ticket timed out (max wait / callback expired)
+    DONE = "done"                        # ticket finished
+    # clerk state
+    CLERK_LOGIN = "clerk_login"
+    CLERK_LOGOUT = "clerk_logout"
+    CLERK_AVAILABLE = "clerk_available"
+    CLERK_BREAK = "clerk_break"          # data: reason, auto (missed offers)
+
+
+@dataclass(frozen=True, slots=True)
+class HallEvent:
+    """One line of the event log. ``seq`` is assigned by the store's outbox, monotonically."""
+
+    kind: EventKind
+    at: float
+    ticket_id: str | None = None
+    clerk_id: str | None = None
+    matter_id: str | None = None
+    department_id: str | None = None
+    service_point_id: str | None = None
+    channel: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "kind": self.kind.value,
+            "at": self.at,
+            "ticket_id": self.ticket_id,
+            "clerk_id": self.clerk_id,
+            "matter_id": self.matter_id,
+            "department_id": self.department_id,
+            "service_point_id": self.service_point_id,
+            "channel": self.channel,
+            "data": dict(self.data),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> HallEvent:
+        return cls(
+            kind=EventKind(raw["kind"]),
+            at=float(raw["at"]),
+            ticket_id=raw.get("ticket_id"),
+            clerk_id=raw.get("clerk_id"),
+            matter_id=raw.get("matter_id"),
+            department_id=raw.get("department_id"),
+            service_point_id=raw.get("service_point_id"),
+            channel=raw.get("channel"),
+            data=dict(raw.get("data") or {}),
+            seq=int(raw.get("seq", 0)),
+        )

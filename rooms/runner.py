@@ -1,0 +1,70 @@
+"""The asyncio side of the engine: fires the hall's timers on time.
+
+The engine keeps deadlines in the store and does no waiting itself. The runner sleeps until the
+earliest deadline (or until a command may have set an earlier one: every notice batch wakes
+it), then calls :meth:`Hall.tick`. A failing tick is logged and retried with capped backoff, so
+a store that is briefly unreachable does not stop the timers for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from rooms.hall import Hall
+from rooms.notices import Notice
+
+logger = logging.getLogger("hall.runner")
+
+
+class HallRunner:
+    def __init__(self, hall: Hall, *, max_sleep_s: float = 1.0, max_backoff_s: float = 5.0):
+        self._hall = hall
+        self._max_sleep = max_sleep_s
+        self._max_backoff = max_backoff_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe = hall.subscribe(self._on_notices)
+        self.ticks = 0
+
+    def _on_notices(self, notices: Sequence[Notice]) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="hall-timers")
+
+    async def close(self) -> None:
+        """Stop firing timers; idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._unsubscribe()
+        self._unsubscribe = lambda: None
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                self._wake.clear()
+                await self._hall.tick()
+                self.ticks += 1
+                deadline = await self._hall.next_deadline()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("firing timers failed; retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            delay = self._max_sleep
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - self._hall.clock.now()))
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)

@@ -1,0 +1,131 @@
+"""Composition root: builds the aiohttp application out of the domain core.
+
+What can be checked without I/O (configuration, the catalog file) is checked in
+:func:`create_app`, so a bad setting fails before the server binds its port. Everything that
+opens a connection or starts a task is a ``cleanup_ctx`` generator: aiohttp runs the set-ups in
+order and the tear-downs in reverse, so each component is stopped before those it depends on:
+
+    store → records DB → records writer → hall → timer runner
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+import jinja2
+from aiohttp import web
+
+from rooms.catalog import ServiceHours, load_catalog
+from rooms.clock import SystemClock
+from rooms.errors import HallError
+from rooms.hall import Hall
+from rooms.memory_store import MemoryStore
+from rooms.records import RecordsDB
+from rooms.records_writer import RecordsWriter
+from rooms.runner import HallRunner
+from server import keys
+from server.config import Settings
+from server.routes import setup_routes
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
+    """Build the hall's web application; nothing is opened until the app starts."""
+    settings = settings.resolve(demo=demo)
+    if settings.redis_url is not None:
+        raise HallError(
+            "HALL_REDIS_URL: the Redis store arrives in a later release; unset it to run embedded",
+            code="config_invalid",
+        )
+    catalog = load_catalog(settings.catalog_path)
+    if not settings.hours_enforced:
+        catalog = catalog.with_hours(ServiceHours.always())
+
+    app = web.Application()
+    app[keys.SETTINGS] = settings
+    app[keys.CATALOG] = catalog
+    app[keys.DEMO_PASSWORD] = _demo_password(settings) if demo else None
+    app[keys.TEMPLATES] = jinja2.Environment(
+        loader=jinja2.PackageLoader("web", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, in tests
+    )
+    app.cleanup_ctx.extend([_store_ctx, _records_ctx, _writer_ctx, _hall_ctx, _runner_ctx])
+    setup_routes(app)
+    return app
+
+
+def _demo_password(settings: Settings) -> str:
+    if settings.demo_password is not None:
+        return settings.demo_password
+    # Random per start: a demo reachable from the network must not have a well-known password.
+    return secrets.token_urlsafe(9)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = MemoryStore()
+    await store.open()
+    app[keys.STORE] = store
+    yield
+    await store.close()
+
+
+async def _records_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    db = RecordsDB(settings.database_url)
+    await db.open()
+    app[keys.RECORDS] = db
+    yield
+    await db.close()
+
+
+async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    writer = RecordsWriter(app[keys.STORE], app[keys.RECORDS])
+    task = asyncio.create_task(writer.run(), name="records-writer")
+    task.add_done_callback(_log_writer_exit)
+    app[keys.WRITER] = writer
+    app[keys.WRITER_TASK] = task
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # Events appended after the writer's last pass are still in the store's outbox; the
+    # store is memory-only, so anything not written now would be lost with the process.
+    try:
+        await writer.flush()
+    except Exception:
+        # Say how much is lost, then let the remaining tear-downs (DB, store) still run.
+        log.exception(
+            "records: final flush failed; %d events were not written",
+            await app[keys.STORE].outbox_len(),
+        )
+
+
+def _log_writer_exit(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("records writer stopped: %r; /readyz now reports not ready", exc, exc_info=exc)
+
+
+async def _hall_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    hall = Hall(app[keys.CATALOG], app[keys.STORE], clock=SystemClock(), policy=settings.policy())
+    await hall.start()
+    app[keys.HALL] = hall
+    yield
+
+
+async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
+    runner = HallRunner(app[keys.HALL])
+    await runner.start()
+    app[keys.RUNNER] = runner
+    yield
+    await runner.close()
+

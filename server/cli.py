@@ -1,0 +1,186 @@
+"""The ``hall`` command: serve the hall, check a catalog file, upgrade the records DB.
+
+Exit codes: 0 success, 1 a checked error (bad catalog, bad configuration; the message is
+printed as ``error: ...`` on stderr), 2 a usage error (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from rooms.catalog import Catalog, load_catalog
+from rooms.errors import CatalogError, HallError
+from rooms.records import RecordsDB
+from server import keys
+from server.config import Settings
+
+log = logging.getLogger("hall")
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0..65535: {port}")
+    return port
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hall",
+        description="Virtual Hall (虚拟政务大厅): remote government service hall.",
+        epilog="Configuration comes from HALL_* environment variables; see README.md.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the hall's web server")
+    serve.add_argument("--host", help="address to listen on (overrides HALL_HOST)")
+    serve.add_argument("--port", type=_port, help="port to listen on (overrides HALL_PORT)")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="demo mode: demo accounts, ephemeral secret key, open at all hours",
+    )
+    serve.add_argument(
+        "--catalog", type=Path, metavar="FILE", help="catalog file (overrides HALL_CATALOG)"
+    )
+
+    catalog = commands.add_parser("catalog", help="catalog tools")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    check = catalog_commands.add_parser("check", help="validate a catalog file")
+    check.add_argument("file", type=Path, metavar="FILE")
+
+    db = commands.add_parser("db", help="records database tools")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="create or migrate the records database schema")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "catalog":
+            return _catalog_check(args.file)
+        return _db_upgrade()
+    except HallError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here so that `hall catalog check` works without the web stack being importable.
+    from server.app import create_app
+
+    settings = Settings.from_env()
+    overrides: dict[str, object] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.catalog is not None:
+        if not args.catalog.is_file():
+            raise HallError(f"--catalog {args.catalog}: no such file", code="config_invalid")
+        overrides["catalog_path"] = args.catalog
+    settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
+    _configure_logging(settings.log_level)
+
+    app = create_app(settings, demo=args.demo)
+    settings = app[keys.SETTINGS]  # resolved: the secret key and hours are now fixed
+    url = f"http://{_url_host(settings.host)}:{settings.port}/"
+    if args.demo:
+        password = app[keys.DEMO_PASSWORD]
+        assert password is not None  # create_app(demo=True) always sets one
+        _print_demo_accounts(app[keys.CATALOG], password)
+    print(f"Virtual Hall listening on {url}", flush=True)
+
+    run_app_kwargs: dict[str, object] = {}
+    loop = _new_event_loop()
+    if loop is not None:
+        run_app_kwargs["loop"] = loop
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,  # the URL was printed above, once, in our own words
+        **run_app_kwargs,  # type: ignore[arg-type]
+    )
+    return 0
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"  # a URL someone can click; the server listens on every address
+    return f"[{host}]" if ":" in host else host
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop | None:
+    """A uvloop loop when uvloop is installed (faster sockets); None = asyncio's default."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def _print_demo_accounts(catalog: Catalog, password: str) -> None:
+    departments = {d.id: d.name for d in catalog.departments.values()}
+    print("Demo accounts (演示账号):")
+    print("  clerks (帮办):")
+    for clerk in catalog.clerks.values():
+        served = "、".join(departments.get(d, d) for d in clerk.departments)
+        print(f"    {clerk.id}  {clerk.name}  [{served}]")
+    print("  supervisors (主管):")
+    for supervisor in catalog.supervisors.values():
+        print(f"    {supervisor.id}  {supervisor.name}")
+    print(f"  password (密码): {password}")
+
+
+def _catalog_check(path: Path) -> int:
+    try:
+        catalog = load_catalog(path)
+    except CatalogError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    print(catalog.summary())
+    return 0
+
+
+def _db_upgrade() -> int:
+    settings = Settings.from_env()
+    _configure_logging(settings.log_level)
+    return asyncio.run(_upgrade(settings))
+
+
+async def _upgrade(settings: Settings) -> int:
+    db = RecordsDB(settings.database_url)
+    await db.open()  # opening migrates to the newest schema (and creates a SQLite file's dir)
+    try:
+        version = await db.schema_version()
+    finally:
+        await db.close()
+    print(f"records database at schema version {version}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""Process configuration, read once from ``HALL_*`` environment variables.
+
+Every variable is optional. A malformed value is refused at start-up with a
+:class:`~rooms.errors.HallError` (``code="config_invalid"``) that names the variable, because a
+hall that starts with a silently ignored setting (a queue limit, a timeout) is worse than one
+that does not start.
+
+Two settings depend on whether the hall runs as a demo, which the CLI only knows after parsing
+its flags; they stay "unresolved" (``None``) in :meth:`Settings.from_env` and are fixed by
+:meth:`Settings.resolve`:
+
+* ``HALL_SECRET_KEY``: required outside demo mode; a demo gets an ephemeral random key.
+* ``HALL_ENFORCE_HOURS``: defaults to true, but a demo is always open unless it is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+from rooms.errors import HallError
+from rooms.policy import QueuePolicy
+from rooms.records import normalize_database_url
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Long enough that a token signature cannot be brute-forced; 32 hex digits = 128 bits.
+MIN_SECRET_KEY_LENGTH = 32
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+# Words that switch HALL_MAX_WAIT_S off (no upper bound on a ticket's wait).
+_NO_LIMIT = frozenset({"0", "none", "off", "unlimited"})
+
+
+def _invalid(name: str, value: str | None, expected: str) -> HallError:
+    """The error for a bad value; pass ``value=None`` when it may hold a password."""
+    shown = f"{name}={value!r}" if value is not None else name
+    return HallError(f"{shown} is invalid: expected {expected}", code="config_invalid")
+
+
+def _parse_int(name: str, raw: str, *, minimum: int, maximum: int | None = None) -> int:
+    expected = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise _invalid(name, raw, expected) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise _invalid(name, raw, expected)
+    return value
+
+
+def _parse_seconds(name: str, raw: str, *, positive: bool) -> float:
+    expected = "a number of seconds " + ("> 0" if positive else ">= 0")
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise _invalid(name, raw, expected) from None
+    # float() accepts "nan" and "inf"; neither is a usable timeout.
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _invalid(name, raw, expected)
+    if value < 0 or (positive and value == 0):
+        raise _invalid(name, raw, expected)
+    return value
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise _invalid(name, raw, "one of 1/0, true/false, yes/no, on/off")
+
+
+def _parse_max_wait(name: str, raw: str) -> float | None:
+    if raw.strip().lower() in _NO_LIMIT:
+        return None
+    return _parse_seconds(name, raw, positive=True)
+
+
+def _parse_log_level(name: str, raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise _invalid(name, raw, "one of " + ", ".join(_LOG_LEVELS))
+    return level
+
+
+def _parse_redis_url(name: str, raw: str) -> str:
+    url = raw.strip()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        # The URL may carry a password: name the variable, not the value.
+        raise _invalid(name, None, "a redis://, rediss:// or unix:// URL")
+    return url
+
+
+def _parse_database_url(name: str, raw: str) -> str:
+    # Validated now (by the records module, which decides which drivers exist) so a typo
+    # fails at start-up; its message names the scheme only, never the URL's password.
+    try:
+        normalize_database_url(raw, default_sqlite_path="unused")
+    except HallError as exc:
+        raise HallError(f"{name}: {exc.message}", code="config_invalid") from None
+    return raw.strip()
+
+
+def _parse_catalog(name: str, raw: str) -> Path:
+    path = Path(raw.strip()).expanduser()
+    if not path.is_file():
+        raise _invalid(name, raw, "the path of an existing catalog file")
+    return path
+
+
+def _parse_secret_key(name: str, raw: str) -> str:
+    if len(raw) < MIN_SECRET_KEY_LENGTH:
+        raise HallError(
+            f"{name} is too short ({len(raw)} characters): use at least "
+            f"{MIN_SECRET_KEY_LENGTH}, e.g. the output of `python3 -c "
+            "'import secrets; print(secrets.token_hex(32))'`",
+            code="config_invalid",
+        )
+    return raw
+
+
+def _parse_host(name: str, raw: str) -> str:
+    host = raw.strip()
+    if not host or any(c.isspace() for c in host):
+        raise _invalid(name, raw, "a host name or IP address")
+    return host
+
+
+def _parse_text(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise _invalid(name, raw, "a non-empty value")
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the process needs to start; see README.md for the table of variables."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    # HALL_DATABASE_URL as given; the effective URL is the ``database_url`` property.
+    database_url_setting: str | None = None
+    data_dir: Path = Path("./var")
+    catalog_path: Path | None = None
+    # None until :meth:`resolve` (demo: ephemeral key; otherwise: refused).
+    secret_key: str | None = None
+    demo_password: str | None = None
+    # None = "not set": enforced, except in demo mode (see :meth:`resolve`).
+    enforce_hours: bool | None = None
+    offer_timeout_s: float = 20.0
+    max_missed_offers: int = 2
+    wrapup_s: float = 60.0
+    wrapup_max_extension_s: float = 300.0
+    abandon_grace_s: float = 30.0
+    priority_credit_s: float = 600.0
+    max_queue: int = 500
+    max_wait_s: float | None = 14400.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every ``HALL_*`` variable; unset or empty means the default."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str, parse: Callable[[str, str], _T], default: _T) -> _T:
+            raw = env.get(name)
+            # An empty value counts as unset: `HALL_X=` in a compose file or unit means "default".
+            if raw is None or raw == "":
+                return default
+            return parse(name, raw)
+
+        d = cls()  # the defaults live on the dataclass only, not repeated here
+        return cls(
+            host=get("HALL_HOST", _parse_host, d.host),
+            port=get("HALL_PORT", lambda n, r: _parse_int(n, r, minimum=0, maximum=65535), d.port),
+            redis_url=get("HALL_REDIS_URL", _parse_redis_url, d.redis_url),
+            database_url_setting=get("HALL_DATABASE_URL", _parse_database_url, None),
+            data_dir=get("HALL_DATA_DIR", lambda n, r: Path(r).expanduser(), d.data_dir),
+            catalog_path=get("HALL_CATALOG", _parse_catalog, d.catalog_path),
+            secret_key=get("HALL_SECRET_KEY", _parse_secret_key, d.secret_key),
+            demo_password=get("HALL_DEMO_PASSWORD", _parse_text, d.demo_password),
+            enforce_hours=get("HALL_ENFORCE_HOURS", _parse_bool, d.enforce_hours),
+            offer_timeout_s=get(
+                "HALL_OFFER_TIMEOUT_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.offer_timeout_s,
+            ),
+            max_missed_offers=get(
+                "HALL_MAX_MISSED_OFFERS",
+                lambda n, r: _parse_int(n, r, minimum=1),
+                d.max_missed_offers,
+            ),
+            wrapup_s=get(
+                "HALL_WRAPUP_S", lambda n, r: _parse_seconds(n, r, positive=True), d.wrapup_s
+            ),
+            wrapup_max_extension_s=get(
+                "HALL_WRAPUP_MAX_EXTENSION_S",
+                lambda n, r: _parse_seconds(n, r, positive=False),
+                d.wrapup_max_extension_s,
+            ),
+            abandon_grace_s=get(
+                "HALL_ABANDON_GRACE_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.abandon_grace_s,
+            ),
+            priority_credit_s=get(
+                "HALL_PRIORITY_CREDIT_S",
+                lambda n, r: _parse_seconds(n, r, positive=False),
+                d.priority_credit_s,
+            ),
+            max_queue=get(
+                "HALL_MAX_QUEUE", lambda n, r: _parse_int(n, r, minimum=1), d.max_queue
+            ),
+            max_wait_s=get("HALL_MAX_WAIT_S", _parse_max_wait, d.max_wait_s),
+            log_level=get("HALL_LOG_LEVEL", _parse_log_level, d.log_level),
+        )
+
+    def resolve(self, *, demo: bool) -> Settings:
+        """Fix the demo-dependent settings; idempotent, so the CLI and the app may both call it.
+
+        Raises ``HallError(code="config_invalid")`` when HALL_SECRET_KEY is missing outside
+        demo mode: tokens signed with a key that changes on every restart would log every
+        clerk out at each deploy, and a guessable default key would let anyone forge them.
+        """
+        secret_key = self.secret_key
+        if secret_key is None:
+            if not demo:
+                raise HallError(
+                    "HALL_SECRET_KEY is not set: it signs login tokens and must be the same "
+                    "on every start. Generate one with `python3 -c 'import secrets; "
+                    "print(secrets.token_hex(32))'`, or run `hall serve --demo` to try the hall",
+                    code="config_invalid",
+                )
+            secret_key = secrets.token_hex(32)
+            log.warning(
+                "HALL_SECRET_KEY is not set: using an ephemeral key for this demo; "
+                "tokens will not survive a restart"
+            )
+        enforce_hours = self.enforce_hours
+        if enforce_hours is None:
+            # A demo is tried at any hour; a real hall keeps the catalog's opening hours.
+            enforce_hours = not demo
+        return replace(self, secret_key=secret_key, enforce_hours=enforce_hours)
+
+    @property
+    def hours_enforced(self) -> bool:
+        """Whether the catalog's service hours apply (unset counts as true)."""
+        return self.enforce_hours is not False
+
+    @property
+    def default_sqlite_path(self) -> Path:
+        return self.data_dir / "records.sqlite3"
+
+    @property
+    def database_url(self) -> str:
+        """The records DB URL: HALL_DATABASE_URL, or the SQLite file in the data dir."""
+        return normalize_database_url(
+            self.database_url_setting, default_sqlite_path=self.default_sqlite_path
+        )
+
+    def policy(self) -> QueuePolicy:
+        """The queue engine's timing and fairness knobs, from the matching variables."""
+        return QueuePolicy(
+            offer_timeout_s=self.offer_timeout_s,
+            max_missed_offers=self.max_missed_offers,
+            wrapup_s=self.wrapup_s,
+            wrapup_max_extension_s=self.wrapup_max_extension_s,
+            abandon_grace_s=self.abandon_grace_s,
+            priority_credit_s=self.priority_credit_s,
+            default_max_queue=self.max_queue,
+            max_wait_s=self.max_wait_s,
+            enforce_hours=self.hours_enforced,
+        )

@@ -1,0 +1,33 @@
+"""Typed keys for everything the application object holds.
+
+Components live on the ``web.Application`` (not in module globals) so that several apps, e.g.
+one per test, can run in one process without sharing state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import jinja2
+from aiohttp import web
+
+from rooms.catalog import Catalog
+from rooms.hall import Hall
+from rooms.records import RecordsDB
+from rooms.records_writer import RecordsWriter
+from rooms.runner import HallRunner
+from rooms.store import Store
+from server.config import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+CATALOG = web.AppKey("catalog", Catalog)
+STORE = web.AppKey("store", Store)
+RECORDS = web.AppKey("records", RecordsDB)
+HALL = web.AppKey("hall", Hall)
+RUNNER = web.AppKey("runner", HallRunner)
+WRITER = web.AppKey("writer", RecordsWriter)
+# The task running ``WRITER.run()``: readiness fails if it died, whatever ``healthy`` says.
+WRITER_TASK = web.AppKey[asyncio.Task[None]]("writer_task")
+# None outside demo mode: there are no demo accounts then.
+DEMO_PASSWORD = web.AppKey[str | None]("demo_password")
+TEMPLATES = web.AppKey("templates", jinja2.Environment)
