@@ -156,6 +156,7 @@ class Hall:
         kind: EventKind,
         ticket: Ticket | None = None,
         clerk: Clerk | None = None,
+        /,
         **data: Any,
     ) -> None:
         step.events.append(
@@ -232,13 +233,13 @@ class Hall:
             step.touched.add(clerk_key(clerk.id))
         clerk.break_reason = reason if new == ClerkState.ON_BREAK else None
         if old == ClerkState.LOGGED_OUT:
-            self._event(step, EventKind.CLERK_LOGIN, clerk=clerk, state=new.value)
+            self._event(step, EventKind.CLERK_LOGIN, None, clerk, state=new.value)
         if new == ClerkState.LOGGED_OUT:
-            self._event(step, EventKind.CLERK_LOGOUT, clerk=clerk, reason=reason)
+            self._event(step, EventKind.CLERK_LOGOUT, None, clerk, reason=reason)
         elif new == ClerkState.ON_BREAK:
-            self._event(step, EventKind.CLERK_BREAK, clerk=clerk, reason=reason, auto=auto)
+            self._event(step, EventKind.CLERK_BREAK, None, clerk, reason=reason, auto=auto)
         elif new == ClerkState.AVAILABLE and old == ClerkState.ON_BREAK:
-            self._event(step, EventKind.CLERK_AVAILABLE, clerk=clerk)
+            self._event(step, EventKind.CLERK_AVAILABLE, None, clerk)
         step.notices.append(
             Notice(
                 NoticeKind.CLERK,
@@ -331,7 +332,7 @@ class Hall:
             step.touched.add(ticket.queue_key)
             self._event(
                 step, EventKind.ENTER_QUEUE, ticket,
-                position=ticket.published_position, priority=priority, kind=kind.value,
+                position=ticket.published_position, priority=priority, service_kind=kind.value,
                 callback=contact is not None, number=ticket.number,
             )
             self._ticket_notice(step, ticket, position=ticket.published_position)
@@ -563,8 +564,8 @@ class Hall:
             clerk.wrapup_deadline = base + seconds
             clerk.wrapup_extended_s += seconds
             await self.store.timer_set(f"wrapup:{clerk.id}", clerk.wrapup_deadline)
-            self._event(step, EventKind.WRAPUP_EXTEND, clerk=clerk, seconds=seconds,
-                        ticket_id=clerk.ticket_id)
+            self._event(step, EventKind.WRAPUP_EXTEND, None, clerk, seconds=seconds,
+                        ticket=clerk.ticket_id)
             await self._save_clerk(clerk, step.now)
             return clerk
 
