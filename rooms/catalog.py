@@ -320,7 +320,14 @@ class Catalog:
             raise NotFoundError(f"matter {matter_id!r} is not in the catalog") from None
 
     def department_of(self, matter_id: str) -> Department:
-        return self.departments[self.matter(matter_id).department_id]
+        """The matter's department; NotFoundError for an unknown matter."""
+        department_id = self.matter(matter_id).department_id
+        try:
+            return self.departments[department_id]
+        except KeyError:
+            raise NotFoundError(
+                f"department {department_id!r} of matter {matter_id!r} is not in the catalog"
+            ) from None
 
     def department_matters(self, department_id: str) -> frozenset[str]:
         """Ids of the matters of one department (empty for an unknown department)."""
@@ -389,6 +396,11 @@ class Catalog:
 # --------------------------------------------------------------------------------------------
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+_LETTER_PATTERN = r"^[A-Z]$"
+_PATTERN_MESSAGES = {
+    _ID_PATTERN: "not a valid id (use letters, digits, '_' and '-'; start with a letter or digit)",
+    _LETTER_PATTERN: "must be one uppercase letter A-Z",
+}
 _Id = Annotated[str, StringConstraints(pattern=_ID_PATTERN, max_length=64)]
 _Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 _Interval = Annotated[str, StringConstraints(min_length=1)]
@@ -420,7 +432,7 @@ class _DepartmentIn(_In):
     id: _Id
     name: _Text
     name_en: _Text
-    letter: Annotated[str, StringConstraints(pattern=r"^[A-Z]$")]
+    letter: Annotated[str, StringConstraints(pattern=_LETTER_PATTERN)]
 
 
 class _MaterialIn(_In):
@@ -614,19 +626,16 @@ def _report_validation_error(reporter: _Reporter, exc: PydanticValidationError) 
             else:
                 reporter.add(container, f'unknown field "{name}"{_did_you_mean(container, name)}')
             continue
-        # Name the deepest entry (a table inside a list) and the field path below it.
+        # Name the deepest table on the path (an entry) and the field path below it.
         entry_end = 0
-        for i in range(1, len(loc)):
-            if isinstance(loc[i], int) and isinstance(_child_at(reporter.raw, loc[: i + 1]), dict):
+        for i in range(len(loc) - 1):
+            if isinstance(_child_at(reporter.raw, loc[: i + 1]), dict):
                 entry_end = i + 1
         entry, rest = loc[:entry_end], loc[entry_end:]
         field_name = _dotted(rest)
         message = error["msg"]
-        if kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == _ID_PATTERN:
-            message = (
-                "not a valid id (use letters, digits, '_' and '-', starting with a letter "
-                "or digit)"
-            )
+        if kind == "string_pattern_mismatch":
+            message = _PATTERN_MESSAGES.get(error.get("ctx", {}).get("pattern", ""), message)
         problem = f"{message} (got {_show(error['input'])})"
         reporter.add(entry, f'field "{field_name}": {problem}' if field_name else problem)
 
@@ -766,6 +775,11 @@ def _build(data: _CatalogIn, reporter: _Reporter) -> Catalog | None:
             else:
                 first_material[material.id] = mi
         hours = _build_hours(m.hours, (*loc, "hours"), r) if m.hours is not None else None
+        if hours is not None and hall_hours is not None:
+            # The hall's closed dates (public holidays) close every matter too.
+            hours = dataclasses.replace(
+                hours, closed_dates=hours.closed_dates | hall_hours.closed_dates
+            )
         matters.setdefault(
             m.id,
             Matter(

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -93,7 +93,13 @@ class Clerk:
         self.state_since = now
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # A flat copy (dataclasses.asdict deep-copies and dominated dispatch time); the
+        # mutable fields are copied so the store never shares them with the caller.
+        data = {name: getattr(self, name) for name in _FIELDS}
+        data["matters"] = list(data["matters"])
+        data["secondary"] = list(data["secondary"])
+        data["skipped"] = dict(data["skipped"])
+        return data
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Clerk:
@@ -103,3 +109,6 @@ class Clerk:
         data["secondary"] = list(data.get("secondary") or [])
         data["skipped"] = dict(data.get("skipped") or {})
         return cls(**data)
+
+
+_FIELDS = tuple(f.name for f in fields(Clerk))

@@ -56,6 +56,11 @@ class HallEvent:
     data: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
 
+    def with_seq(self, seq: int) -> HallEvent:
+        """A copy stamped with its outbox sequence number (cheaper than dataclasses.replace)."""
+        return HallEvent(self.kind, self.at, self.ticket_id, self.clerk_id, self.matter_id,
+                         self.department_id, self.service_point_id, self.channel, self.data, seq)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "seq": self.seq,

@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -217,7 +216,7 @@ class MemoryStore(Store):
         return first[0][1] if first else None
 
     async def outbox_append(self, events: Sequence[HallEvent]) -> list[HallEvent]:
-        stamped = [replace(e, seq=await self.next_seq("event")) for e in events]
+        stamped = [e.with_seq(await self.next_seq("event")) for e in events]
         self._outbox.extend(stamped)
         return stamped
 

@@ -17,7 +17,7 @@ arrived by transfer. ``done``, ``abandoned`` and ``timed_out`` are final.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -150,7 +150,11 @@ class Ticket:
         self.state_since = now
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # A flat copy (dataclasses.asdict deep-copies and dominated dispatch time); the
+        # mutable fields are copied so the store never shares them with the caller.
+        data = {name: getattr(self, name) for name in _FIELDS}
+        data["skip_clerks"] = dict(data["skip_clerks"])
+        return data
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Ticket:
@@ -162,3 +166,6 @@ class Ticket:
             data["priority"] = PriorityReason(data["priority"])
         data["skip_clerks"] = dict(data.get("skip_clerks") or {})
         return cls(**data)
+
+
+_FIELDS = tuple(f.name for f in fields(Ticket))
