@@ -1,0 +1,1 @@
+"""The kiosk device agent: talks to the hall only over the public protocol (issue 5)."""
