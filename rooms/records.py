@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,15 +113,40 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        # busy_timeout first, so that switching a fresh file to WAL waits for a concurrent
-        # opener instead of failing with "database is locked".
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-        # WAL lets report queries read while the writer appends. synchronous stays at its
-        # default (FULL): events are acked out of the outbox once committed, so a commit must
-        # survive a power cut.
-        cursor.execute("PRAGMA journal_mode = WAL")
     finally:
         cursor.close()
+
+
+async def _enable_sqlite_wal(engine: AsyncEngine) -> None:
+    """Switch the database file to WAL (persistent, so once per file is enough).
+
+    WAL lets report queries read while the writer appends. ``synchronous`` stays at its default
+    (FULL): events leave the outbox once committed, so a commit must survive a power cut.
+
+    Switching needs an exclusive lock, and SQLite does not wait for it (busy_timeout is not
+    consulted where waiting could deadlock) when another opener is inside a transaction, so
+    this retries for as long as a writer would wait. It talks to the driver connection
+    directly because the mode cannot change inside the transaction SQLAlchemy would begin.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection  # the aiosqlite connection
+            try:
+                async with driver.execute("PRAGMA journal_mode = WAL") as cursor:
+                    row = await cursor.fetchone()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or loop.time() > deadline:
+                    raise
+            else:
+                mode = str(row[0]).lower() if row else "?"
+                if mode != "wal":
+                    logger.warning("records database stays in journal mode %r, not WAL", mode)
+                return
+        await asyncio.sleep(0.02)
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
@@ -206,6 +232,8 @@ class RecordsDB:
             sa.event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         write_engine = engine.execution_options(**{_WRITE_OPTION: True})
         try:
+            if is_sqlite and parsed.database not in (None, "", ":memory:"):
+                await _enable_sqlite_wal(engine)
             async with write_engine.begin() as conn:
                 version = await migrate(conn)
         except BaseException:
