@@ -12,15 +12,15 @@ import dataclasses
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
 
-from rooms.catalog import Catalog, load_catalog
+from rooms.catalog import Catalog, ClerkProfile, load_catalog
 from rooms.errors import CatalogError, HallError
 from rooms.records import RecordsDB
 from server import keys
+from server.app import create_app
 from server.config import Settings
 
 log = logging.getLogger("hall")
@@ -87,20 +87,15 @@ def _configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # Imported here so that `hall catalog check` works without the web stack being importable.
-    from server.app import create_app
-
     settings = Settings.from_env()
-    overrides: dict[str, object] = {}
-    if args.host is not None:
-        overrides["host"] = args.host
-    if args.port is not None:
-        overrides["port"] = args.port
-    if args.catalog is not None:
-        if not args.catalog.is_file():
-            raise HallError(f"--catalog {args.catalog}: no such file", code="config_invalid")
-        overrides["catalog_path"] = args.catalog
-    settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
+    if args.catalog is not None and not args.catalog.is_file():
+        raise HallError(f"--catalog {args.catalog}: no such file", code="config_invalid")
+    settings = dataclasses.replace(
+        settings,
+        host=settings.host if args.host is None else args.host,
+        port=settings.port if args.port is None else args.port,
+        catalog_path=settings.catalog_path if args.catalog is None else args.catalog,
+    )
     _configure_logging(settings.log_level)
 
     app = create_app(settings, demo=args.demo)
@@ -110,18 +105,17 @@ def _serve(args: argparse.Namespace) -> int:
         password = app[keys.DEMO_PASSWORD]
         assert password is not None  # create_app(demo=True) always sets one
         _print_demo_accounts(app[keys.CATALOG], password)
-    print(f"Virtual Hall listening on {url}", flush=True)
 
-    run_app_kwargs: dict[str, object] = {}
-    loop = _new_event_loop()
-    if loop is not None:
-        run_app_kwargs["loop"] = loop
+    def announce(_aiohttp_banner: str) -> None:
+        # run_app calls this once the port is bound, so the line is never a false promise.
+        print(f"Virtual Hall listening on {url}", flush=True)
+
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
-        print=None,  # the URL was printed above, once, in our own words
-        **run_app_kwargs,  # type: ignore[arg-type]
+        print=announce,
+        loop=_new_event_loop(),  # None: asyncio's default loop
     )
     return 0
 
@@ -143,16 +137,34 @@ def _new_event_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _print_demo_accounts(catalog: Catalog, password: str) -> None:
-    departments = {d.id: d.name for d in catalog.departments.values()}
     print("Demo accounts (演示账号):")
     print("  clerks (帮办):")
     for clerk in catalog.clerks.values():
-        served = "、".join(departments.get(d, d) for d in clerk.departments)
-        print(f"    {clerk.id}  {clerk.name}  [{served}]")
+        print(f"    {clerk.id}  {clerk.name}  [{_served(catalog, clerk)}]")
     print("  supervisors (主管):")
     for supervisor in catalog.supervisors.values():
-        print(f"    {supervisor.id}  {supervisor.name}")
+        scope = "、".join(
+            d.name for d in catalog.departments.values() if d.id in supervisor.departments
+        )
+        print(f"    {supervisor.id}  {supervisor.name}  [{scope or '全部部门'}]")
     print(f"  password (密码): {password}")
+
+
+def _served(catalog: Catalog, clerk: ClerkProfile) -> str:
+    """The clerk's departments in catalog order, then single matters outside them."""
+    parts = [d.name for d in catalog.departments.values() if d.id in clerk.departments]
+    parts += [
+        m.name
+        for m in catalog.matters.values()
+        if m.id in clerk.matters and m.department_id not in clerk.departments
+    ]
+    secondary = [
+        d.name for d in catalog.departments.values() if d.id in clerk.secondary_departments
+    ]
+    text = "、".join(parts)
+    if secondary:
+        text += "; 兼办 " + "、".join(secondary)
+    return text
 
 
 def _catalog_check(path: Path) -> int:

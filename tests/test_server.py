@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,17 @@ def test_demo_is_always_open_unless_hours_are_set() -> None:
 # -- the hall command ------------------------------------------------------------------------
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """`hall serve` and `hall db upgrade` configure the root logger; undo it after the test,
+    or its handler would keep writing to pytest's closed capture stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def test_catalog_check_accepts_the_demo_catalog(
     capsys: pytest.CaptureFixture[str], demo_catalog_path: Path
 ) -> None:
@@ -209,6 +222,7 @@ def test_catalog_check_reports_a_broken_file(
     assert len(captured.err.strip()) > len("error: ")
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_db_upgrade_prints_the_schema_version(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,6 +234,7 @@ def test_db_upgrade_prints_the_schema_version(
     assert (tmp_path / "data" / "records.sqlite3").is_file()
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_serve_refuses_to_start_without_secret_key(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,11 +259,9 @@ def test_redis_url_is_refused_for_now(tmp_path: Path) -> None:
 @pytest.fixture
 def demo_catalog_path() -> Path:
     """The built-in demo catalog file shipped with rooms."""
-    import rooms
+    from rooms.catalog import DEFAULT_CATALOG_PATH
 
-    paths = sorted((Path(rooms.__file__).parent / "data").glob("*.toml"))
-    assert paths, "rooms/data holds the demo catalog"
-    return paths[0]
+    return DEFAULT_CATALOG_PATH
 
 
 @pytest.fixture
@@ -296,6 +309,41 @@ async def test_readyz_names_the_failed_part(
     assert body["checks"]["records_writer"] == "ok"
 
 
+async def test_readyz_fails_when_the_writer_task_died(
+    app: web.Application, client: TestClient[web.Request, web.Application]
+) -> None:
+    """GET /readyz answers 503 naming the records writer once its task has ended."""
+    task = app[keys.WRITER_TASK]
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    status, body = await _json(client, "/readyz")
+    assert status == 503
+    assert body["checks"] == {"records_db": "ok", "records_writer": "failed"}
+
+
+def test_only_a_demo_ignores_service_hours(tmp_path: Path) -> None:
+    """create_app(demo=True) opens the hall around the clock; otherwise the catalog's hours hold."""
+    from rooms.catalog import ServiceHours, load_catalog
+
+    settings = Settings(data_dir=tmp_path, secret_key=SECRET)
+    assert create_app(settings, demo=True)[keys.CATALOG].hours == ServiceHours.always()
+    real = create_app(settings, demo=False)
+    assert real[keys.CATALOG].hours == load_catalog(None).hours
+    assert real[keys.DEMO_PASSWORD] is None
+    assert real[keys.SETTINGS].policy().enforce_hours is True
+
+
+def test_demo_password_comes_from_the_environment_or_is_random(tmp_path: Path) -> None:
+    """HALL_DEMO_PASSWORD is used as is; unset, each demo start gets a different password."""
+    fixed = Settings(data_dir=tmp_path, secret_key=SECRET, demo_password="pw-123456")
+    assert create_app(fixed, demo=True)[keys.DEMO_PASSWORD] == "pw-123456"
+    unset = Settings(data_dir=tmp_path, secret_key=SECRET)
+    first = create_app(unset, demo=True)[keys.DEMO_PASSWORD]
+    second = create_app(unset, demo=True)[keys.DEMO_PASSWORD]
+    assert first and second and first != second
+
+
 async def test_api_catalog_lists_everything_but_device_secrets(
     app: web.Application, client: TestClient[web.Request, web.Application]
 ) -> None:
@@ -321,7 +369,14 @@ async def test_api_queues_returns_the_hall_snapshot(
     """GET /api/queues answers the hall's live snapshot as JSON."""
     status, body = await _json(client, "/api/queues")
     assert status == 200
-    assert body == json.loads(json.dumps(await app[keys.HALL].snapshot()))
+    expected = json.loads(json.dumps(await app[keys.HALL].snapshot()))
+    # "at" is the snapshot's own time; everything else is unchanged in an idle hall.
+    assert body.keys() == expected.keys()
+    assert {k: v for k, v in body.items() if k != "at"} == {
+        k: v for k, v in expected.items() if k != "at"
+    }
+    assert {m["id"] for m in body["matters"]} == set(app[keys.CATALOG].matters)
+    assert {c["id"] for c in body["clerks"]} == set(app[keys.CATALOG].clerks)
 
 
 async def test_landing_page_is_chinese_first(
