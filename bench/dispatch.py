@@ -23,20 +23,21 @@ import asyncio
 import gc
 import json
 import random
-import statistics
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rooms.catalog import Catalog, ClerkProfile, ServiceHours, load_catalog  # noqa: E402
-from rooms.clock import ManualClock  # noqa: E402
-from rooms.hall import Hall, Unstaffed  # noqa: E402
-from rooms.memory_store import MemoryStore  # noqa: E402
-from rooms.policy import QueuePolicy  # noqa: E402
+from rooms.catalog import Catalog, ClerkProfile, ServiceHours, load_catalog
+from rooms.clock import ManualClock
+from rooms.hall import Hall, Unstaffed
+from rooms.memory_store import MemoryStore
+from rooms.policy import QueuePolicy
 
 CLERKS = 200
 
@@ -132,6 +133,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    runner: Callable[[Coroutine[Any, Any, dict[str, list[float]]]], dict[str, list[float]]]
     try:
         import uvloop
 

@@ -12,6 +12,9 @@ Rules (see docs/queueing.md):
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
+
 from rooms.catalog import Catalog
 from rooms.clerks import Clerk, ClerkState
 from rooms.queues import clerk_key, matter_key, wide_key
@@ -56,7 +59,7 @@ class Router:
             pools.append(secondary_pool(ticket.matter_id))
         best: tuple[float, str] | None = None
         for pool in pools:
-            found = await self._first_idle(pool, skips, now)
+            found = await _first_unskipped(partial(self._store.idle_range, pool), skips, now)
             if found is not None and (best is None or (found[1], found[0]) < best):
                 best = (found[1], found[0])
         if best is None:
@@ -66,19 +69,6 @@ class Router:
             raise RuntimeError(f"idle pool out of step with clerk {best[1]}")
         return clerk
 
-    async def _first_idle(
-        self, pool: str, skips: dict[str, float], now: float
-    ) -> tuple[str, float] | None:
-        start = 0
-        while True:
-            chunk = await self._store.idle_range(pool, start, start + _CHUNK)
-            for clerk_id, since in chunk:
-                if not is_skipped(skips, clerk_id, now):
-                    return clerk_id, since
-            if len(chunk) < _CHUNK:
-                return None
-            start += _CHUNK
-
     async def ticket_for(self, clerk: Clerk, now: float) -> Ticket | None:
         """The ticket a just-available clerk should be offered, or None."""
         keys = [clerk_key(clerk.id)]
@@ -86,7 +76,9 @@ class Router:
         keys += [wide_key(m) for m in clerk.secondary]
         best: tuple[float, str] | None = None
         for key in keys:
-            found = await self._first_ready(key, clerk.skipped, now)
+            found = await _first_unskipped(
+                partial(self._store.ready_range, key), clerk.skipped, now
+            )
             if found is not None and (best is None or (found[1], found[0]) < best):
                 best = (found[1], found[0])
         if best is None:
@@ -96,15 +88,20 @@ class Router:
             raise RuntimeError(f"ready set out of step with ticket {best[1]}")
         return ticket
 
-    async def _first_ready(
-        self, key: str, skips: dict[str, float], now: float
-    ) -> tuple[str, float] | None:
-        start = 0
-        while True:
-            chunk = await self._store.ready_range(key, start, start + _CHUNK)
-            for ticket_id, score in chunk:
-                if not is_skipped(skips, ticket_id, now):
-                    return ticket_id, score
-            if len(chunk) < _CHUNK:
-                return None
-            start += _CHUNK
+
+async def _first_unskipped(
+    fetch: Callable[[int, int], Awaitable[list[tuple[str, float]]]],
+    skips: dict[str, float],
+    now: float,
+) -> tuple[str, float] | None:
+    """The first ``(member, score)`` of an ordered set whose member is not skipped now,
+    fetched a few at a time (skips are rare, so this nearly always reads one chunk)."""
+    start = 0
+    while True:
+        chunk = await fetch(start, start + _CHUNK)
+        for member, score in chunk:
+            if not is_skipped(skips, member, now):
+                return member, score
+        if len(chunk) < _CHUNK:
+            return None
+        start += _CHUNK

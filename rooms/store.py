@@ -27,7 +27,7 @@ every precondition before the first write, so a refused command changes nothing.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
@@ -172,16 +172,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def outbox_len(self) -> int: ...
 
-
-async def iterate_ready(
-    store: Store, key: str, batch: int = 16
-) -> AsyncIterator[tuple[str, float]]:
-    """Walk a ready set in order, fetching ``batch`` members at a time."""
-    start = 0
-    while True:
-        chunk = await store.ready_range(key, start, start + batch)
-        for item in chunk:
-            yield item
-        if len(chunk) < batch:
-            return
-        start += batch

@@ -1,1 +1,4 @@
-"""Signaling: the Socket.IO protocol, WebRTC relay and connection auth (issue 3). Depends on rooms/ only."""
+"""Signaling: the Socket.IO protocol, WebRTC relay and connection auth.
+
+Depends on rooms/ only; arrives with issue 3.
+"""

@@ -18,8 +18,8 @@ from rooms.tickets import TicketState
 from tests.hallkit import small_catalog
 
 
-async def _until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(predicate, limit_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + limit_s
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)
@@ -88,8 +88,8 @@ async def test_every_event_reaches_the_records_db_and_survives_restart(tmp_path:
             EventKind.ENTER_QUEUE, EventKind.OFFER, EventKind.ACCEPT, EventKind.SESSION_START,
             EventKind.SESSION_END, EventKind.WRAPUP_START, EventKind.WRAPUP_END, EventKind.DONE,
         ]
-        end = [e for e in await reopened.events(ticket_id=ticket.id)
-               if e.kind == EventKind.WRAPUP_END][0]
+        end = next(e for e in await reopened.events(ticket_id=ticket.id)
+               if e.kind == EventKind.WRAPUP_END)
         assert end.data["reason"] == "材料不全" and end.department_id == "hr"
         abandon = await reopened.events(ticket_id=waiting.id, kinds=[EventKind.ABANDON])
         assert abandon[0].data["position"] == 1

@@ -278,7 +278,7 @@ async def test_resident_leaving_while_offered_frees_clerk_for_next() -> None:
     assert (await rig.hall.get_ticket(b.id)).clerk_id == "c1"
     withdrawn = rig.of_kind(NoticeKind.OFFER_WITHDRAWN)
     assert withdrawn[-1].data["reason"] == "resident_left"
-    abandon = [e for e in await rig.events() if e.kind == EventKind.ABANDON][0]
+    abandon = next(e for e in await rig.events() if e.kind == EventKind.ABANDON)
     assert abandon.data["position"] == 1 and abandon.data["wait_s"] == pytest.approx(7)
     assert abandon.data["state"] == "offered"
 
@@ -296,7 +296,7 @@ async def test_disconnect_past_grace_is_an_abandon_and_reconnect_keeps_ticket() 
     assert (await rig.hall.get_ticket(kept.id)).state == TicketState.WAITING
     gone = await rig.hall.get_ticket(lost.id)
     assert gone.state == TicketState.ABANDONED
-    abandon = [e for e in await rig.events() if e.kind == EventKind.ABANDON][0]
+    abandon = next(e for e in await rig.events() if e.kind == EventKind.ABANDON)
     assert abandon.data["reason"] == "disconnected" and abandon.data["position"] == 2
 
 
@@ -426,7 +426,7 @@ async def test_wrapup_requires_an_outcome_and_unresolved_requires_a_reason() -> 
     with pytest.raises(ValidationError, match="unknown outcome"):
         await rig.hall.finish_wrapup("c1", "shrug")
     await rig.hall.finish_wrapup("c1", "unresolved", "缺少房产证明, 需到窗口核验")
-    end = [e for e in await rig.events() if e.kind == EventKind.WRAPUP_END][0]
+    end = next(e for e in await rig.events() if e.kind == EventKind.WRAPUP_END)
     assert end.data["outcome"] == "unresolved" and "房产" in end.data["reason"]
 
 
@@ -484,7 +484,7 @@ async def test_resident_hanging_up_moves_session_to_wrapup() -> None:
     ticket = await _in_session(rig)
     await rig.hall.leave(ticket.id)
     assert (await rig.hall.get_ticket(ticket.id)).state == TicketState.WRAP_UP
-    end = [e for e in await rig.events() if e.kind == EventKind.SESSION_END][0]
+    end = next(e for e in await rig.events() if e.kind == EventKind.SESSION_END)
     assert end.data["ended_by"] == "resident"
 
 
@@ -521,7 +521,7 @@ async def test_transfer_to_matter_keeps_wait_credit() -> None:
     await rig.hall.finish_wrapup("c1")
     served = await rig.hall.login("c2")
     assert served.ticket_id == ticket.id
-    transfer = [e for e in await rig.events() if e.kind == EventKind.TRANSFER][0]
+    transfer = next(e for e in await rig.events() if e.kind == EventKind.TRANSFER)
     assert transfer.data["from_matter"] == "residence"
     assert transfer.data["to_matter"] == "employment"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -51,10 +52,8 @@ class QueueMachine(RuleBasedStateMachine):
 
     def attempt(self, coro: Coroutine[Any, Any, object]) -> None:
         """Run a command; refusals (HallError) are legal outcomes of random input."""
-        try:
+        with contextlib.suppress(HallError):
             self.run(coro)
-        except HallError:
-            pass
 
     def pick(self, index: int) -> str | None:
         return self.tickets[index % len(self.tickets)] if self.tickets else None
@@ -129,7 +128,7 @@ class QueueMachine(RuleBasedStateMachine):
     def finish(self, clerk: str, outcome: str) -> None:
         self.attempt(self.rig.hall.finish_wrapup(clerk, outcome, "原因"))
 
-    @rule(clerk=st.sampled_from(CLERKS), to=st.sampled_from(MATTERS + ["c1", "c2", "c4"]))
+    @rule(clerk=st.sampled_from(CLERKS), to=st.sampled_from([*MATTERS, "c1", "c2", "c4"]))
     def transfer(self, clerk: str, to: str) -> None:
         held = self.run(self.rig.hall.get_clerk(clerk)).ticket_id
         if held is None:
@@ -193,7 +192,7 @@ class QueueMachine(RuleBasedStateMachine):
                     assert rank + 1 <= self.actual[tid] + arrivals
         infos = self.run(hall.positions([t for ids in now_order.values() for t in ids]))
         self.actual = {}
-        for key, ids in now_order.items():
+        for ids in now_order.values():
             for rank, tid in enumerate(ids):
                 self.actual[tid] = rank + 1
         for info in infos:

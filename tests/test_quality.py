@@ -1,0 +1,26 @@
+"""The codebase stays lint-clean (ruff) and type-clean (mypy --strict), as CI checks it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_ruff_finds_nothing() -> None:
+    """ruff (configured in pyproject.toml) reports no problem anywhere in the repository."""
+    result = _run("ruff", "check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_is_clean() -> None:
+    """mypy --strict passes on every package, the tests and the benchmarks."""
+    result = _run("mypy", "server", "signaling", "rooms", "web", "kiosk", "tests", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
