@@ -1,7 +1,9 @@
 """In-memory implementation of :class:`rooms.store.Store` (embedded mode, tests, benchmarks).
 
-Records are kept as serialised dicts, not as the objects handed in, so that a caller which
-mutates a ticket without ``put_ticket`` fails here exactly as it would against Redis.
+Records are kept serialised (JSON bytes, as Redis will hold them), not as the objects handed
+in, so that a caller which mutates a ticket without ``put_ticket`` fails here exactly as it
+would against Redis. Bytes are also invisible to the garbage collector: with 100,000 tickets
+held as dicts, one full collection paused dispatch for ~100 ms (bench/dispatch.py).
 Sorted sets use ``sortedcontainers`` (O(log n) insert, remove and rank), ordered by
 ``(score, member)`` like Redis sorted sets.
 """
@@ -14,6 +16,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from sortedcontainers import SortedList
 
 from rooms.clerks import Clerk
@@ -78,8 +81,8 @@ class MemoryStore(Store):
         self._counter_base = int(time.time() * 1_000_000)
         self._counters: dict[str, int] = {}
         self._plain: dict[str, int] = {}
-        self._tickets: dict[str, dict[str, Any]] = {}
-        self._clerks: dict[str, dict[str, Any]] = {}
+        self._tickets: dict[str, bytes] = {}
+        self._clerks: dict[str, bytes] = {}
         self._active: set[str] = set()
         self._queues: dict[str, SortedSet] = {}
         self._ready: dict[str, SortedSet] = {}
@@ -110,17 +113,17 @@ class MemoryStore(Store):
 
     async def get_ticket(self, ticket_id: str) -> Ticket | None:
         raw = self._tickets.get(ticket_id)
-        return None if raw is None else Ticket.from_dict(raw)
+        return None if raw is None else Ticket.from_dict(orjson.loads(raw))
 
     async def put_ticket(self, ticket: Ticket) -> None:
-        self._tickets[ticket.id] = ticket.to_dict()
+        self._tickets[ticket.id] = orjson.dumps(ticket.to_dict())
 
     async def get_clerk(self, clerk_id: str) -> Clerk | None:
         raw = self._clerks.get(clerk_id)
-        return None if raw is None else Clerk.from_dict(raw)
+        return None if raw is None else Clerk.from_dict(orjson.loads(raw))
 
     async def put_clerk(self, clerk: Clerk) -> None:
-        self._clerks[clerk.id] = clerk.to_dict()
+        self._clerks[clerk.id] = orjson.dumps(clerk.to_dict())
 
     async def clerk_ids(self) -> list[str]:
         return sorted(self._clerks)
