@@ -75,3 +75,25 @@ class StoreUnavailableError(HallError):
     """The live-state store cannot be reached; new work is refused until it is back."""
 
     code = "store_unavailable"
+
+
+class AuthError(HallError):
+    """No valid credentials (missing, wrong, expired token or password)."""
+
+    code = "unauthenticated"
+
+
+class ForbiddenError(HallError):
+    """The caller's role or identity may not perform this action."""
+
+    code = "forbidden"
+
+
+class ThrottledError(HallError):
+    """Too many failed attempts from this address; try again after ``retry_after_s``."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
