@@ -39,6 +39,9 @@ class EventKind(StrEnum):
     CLERK_LOGOUT = "clerk_logout"
     CLERK_AVAILABLE = "clerk_available"
     CLERK_BREAK = "clerk_break"          # data: reason, auto (missed offers)
+    # supervision
+    MONITOR_JOIN = "monitor_join"        # a supervisor silently joined a session (data: supervisor)
+    MONITOR_LEAVE = "monitor_leave"
 
 
 @dataclass(frozen=True, slots=True)

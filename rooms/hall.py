@@ -82,6 +82,7 @@ class Hall:
         self.queues = QueueBook(store, catalog, self.policy)
         self.router = Router(store, catalog)
         self._subscribers: list[Subscriber] = []
+        self._committed: list[Callable[[], None]] = []
         self._tz = ZoneInfo(catalog.hours.timezone)
         self._served: set[str] = set()
         self._widenable: set[str] = set()
@@ -94,6 +95,12 @@ class Hall:
         """Receive every batch of notices; returns a function that unsubscribes."""
         self._subscribers.append(subscriber)
         return lambda: self._subscribers.remove(subscriber)
+
+    def on_commit(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after every command, even one that changed nothing visible (it
+        may have set a timer: the timer runner must look again). Returns an unsubscriber."""
+        self._committed.append(callback)
+        return lambda: self._committed.remove(callback)
 
     async def start(self) -> None:
         """Register the catalog's clerks (logged out); keep the state of ones already known."""
@@ -124,6 +131,8 @@ class Hall:
                     await self._settle(step)
         finally:
             self._publish(step.notices)
+            for callback in list(self._committed):
+                callback()
 
     async def _settle(self, step: _Step) -> None:
         for key in sorted(step.touched):
@@ -700,6 +709,16 @@ class Hall:
                 })
             return {"at": now, "matters": matters, "clerks": clerks,
                     "active_tickets": len(await self.store.active_ticket_ids())}
+
+    async def record_monitor(self, ticket_id: str, supervisor_id: str, *, joined: bool) -> Ticket:
+        """Log a supervisor silently joining (or leaving) a live session."""
+        async with self._step() as step:
+            ticket = await self._ticket(ticket_id)
+            if joined:
+                ticket.check("monitor", TicketState.IN_SESSION)
+            kind = EventKind.MONITOR_JOIN if joined else EventKind.MONITOR_LEAVE
+            self._event(step, kind, ticket, None, supervisor=supervisor_id)
+            return ticket
 
     async def queue_tickets(self, matter_id: str, limit: int = 50) -> list[Ticket]:
         """The first ``limit`` tickets of a matter's queue, in order."""

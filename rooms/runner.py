@@ -1,7 +1,7 @@
 """The asyncio side of the engine: fires the hall's timers on time.
 
 The engine keeps deadlines in the store and does no waiting itself. The runner sleeps until the
-earliest deadline (or until a command may have set an earlier one: every notice batch wakes
+earliest deadline (or until a command may have set an earlier one: every command wakes
 it), then calls :meth:`Hall.tick`. A failing tick is logged and retried with capped backoff, so
 a store that is briefly unreachable does not stop the timers for good.
 """
@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 
 from rooms.hall import Hall
-from rooms.notices import Notice
 
 logger = logging.getLogger("hall.runner")
 
@@ -26,11 +24,9 @@ class HallRunner:
         self._max_backoff = max_backoff_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._unsubscribe = hall.subscribe(self._on_notices)
+        # Any command may have set an earlier deadline than the one being slept towards.
+        self._unsubscribe = hall.on_commit(self._wake.set)
         self.ticks = 0
-
-    def _on_notices(self, notices: Sequence[Notice]) -> None:
-        self._wake.set()
 
     async def start(self) -> None:
         if self._task is None:
@@ -50,9 +46,11 @@ class HallRunner:
         backoff = 0.1
         while True:
             try:
-                self._wake.clear()
                 await self._hall.tick()
                 self.ticks += 1
+                # Cleared after the tick (which is a command and wakes us itself) and before
+                # reading the next deadline, so a command arriving from here on is not missed.
+                self._wake.clear()
                 deadline = await self._hall.next_deadline()
                 backoff = 0.1
             except asyncio.CancelledError:

@@ -5,7 +5,11 @@ What can be checked without I/O (configuration, the catalog file) is checked in
 opens a connection or starts a task is a ``cleanup_ctx`` generator: aiohttp runs the set-ups in
 order and the tear-downs in reverse, so each component is stopped before those it depends on:
 
-    store → records DB → records writer → hall → timer runner
+    store → records DB → records writer → hall → timer runner → signaling hub
+
+The store, the hall and the hub are *built* here (constructors do no I/O) because
+python-socketio must add its routes before the application is frozen; they are *started* in
+their cleanup contexts.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from rooms.records import RecordsDB
 from rooms.records_writer import RecordsWriter
 from rooms.runner import HallRunner
 from server import keys
+from server.auth_routes import setup_auth
 from server.config import Settings
 from server.routes import setup_routes
+from signaling.hub import HubConfig, SignalingHub
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,31 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, in tests
     )
-    app.cleanup_ctx.extend([_store_ctx, _records_ctx, _writer_ctx, _hall_ctx, _runner_ctx])
+    setup_auth(app, settings, catalog, demo=demo, demo_password=app[keys.DEMO_PASSWORD])
+    store = MemoryStore()
+    hall = Hall(catalog, store, clock=SystemClock(), policy=settings.policy())
+    app[keys.STORE] = store
+    app[keys.HALL] = hall
+    hub = SignalingHub(
+        hall,
+        tokens=app[keys.TOKENS],
+        app_identity=app.get(keys.APP_IDENTITY),
+        throttle=app[keys.THROTTLE],
+        config=HubConfig(
+            auth_timeout_s=settings.auth_timeout_s,
+            resume_grace_s=settings.resume_grace_s,
+            allowed_origins=settings.allowed_origins,
+            stun_urls=settings.stun_urls,
+            turn_urls=settings.turn_urls,
+            turn_secret=settings.turn_secret,
+            turn_ttl_s=settings.turn_ttl_s,
+        ),
+    )
+    hub.sio.attach(app)
+    app[keys.HUB] = hub
+    app.cleanup_ctx.extend(
+        [_store_ctx, _records_ctx, _writer_ctx, _hall_ctx, _runner_ctx, _hub_ctx]
+    )
     setup_routes(app)
     return app
 
@@ -68,9 +98,8 @@ def _demo_password(settings: Settings) -> str:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = MemoryStore()
+    store = app[keys.STORE]
     await store.open()
-    app[keys.STORE] = store
     yield
     await store.close()
 
@@ -115,10 +144,7 @@ def _log_writer_exit(task: asyncio.Task[None]) -> None:
 
 
 async def _hall_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
-    hall = Hall(app[keys.CATALOG], app[keys.STORE], clock=SystemClock(), policy=settings.policy())
-    await hall.start()
-    app[keys.HALL] = hall
+    await app[keys.HALL].start()
     yield
 
 
@@ -129,3 +155,10 @@ async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await runner.close()
 
+
+
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = app[keys.HUB]
+    await hub.start()
+    yield
+    await hub.close()

@@ -105,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
         password = app[keys.DEMO_PASSWORD]
         assert password is not None  # create_app(demo=True) always sets one
         _print_demo_accounts(app[keys.CATALOG], password)
+        _print_demo_kiosk(app)
 
     def announce(_aiohttp_banner: str) -> None:
         # run_app calls this once the port is bound, so the line is never a false promise.
@@ -148,6 +149,16 @@ def _print_demo_accounts(catalog: Catalog, password: str) -> None:
         )
         print(f"    {supervisor.id}  {supervisor.name}  [{scope or '全部部门'}]")
     print(f"  password (密码): {password}")
+
+
+def _print_demo_kiosk(app: web.Application) -> None:
+    """One kiosk's demo device secret, so the kiosk screen can be tried (others: same rule)."""
+    kiosks = app[keys.KIOSK_KEYS]
+    catalog = app[keys.CATALOG]
+    if not kiosks.is_demo or not catalog.service_points:
+        return  # secrets provisioned from HALL_KIOSK_SECRETS_FILE: nothing to print
+    sp_id = "XH-001" if "XH-001" in catalog.service_points else next(iter(catalog.service_points))
+    print(f"  kiosk {sp_id} secret: {kiosks.demo_secret(sp_id)}")
 
 
 def _served(catalog: Catalog, clerk: ClerkProfile) -> str:

@@ -15,8 +15,11 @@ its flags; they stay "unresolved" (``None``) in :meth:`Settings.from_env` and ar
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -142,6 +145,64 @@ def _parse_text(name: str, raw: str) -> str:
     return raw
 
 
+def _parse_app_idp_key(name: str, raw: str) -> str:
+    # The value may be a shared secret: never echo it.
+    key = raw.strip()
+    if key.startswith("-----BEGIN"):
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            public = load_pem_public_key(key.encode())
+        except (ValueError, TypeError):
+            raise _invalid(name, None, "a PEM public key (-----BEGIN PUBLIC KEY-----)") from None
+        if not isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+            raise _invalid(name, None, "an RSA or EC public key")
+        return key
+    if len(raw) < MIN_SECRET_KEY_LENGTH:
+        raise _invalid(
+            name, None, f"an HS256 shared secret of at least {MIN_SECRET_KEY_LENGTH} characters "
+            "or a PEM public key"
+        )
+    return raw
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _parse_ice_urls(name: str, raw: str, schemes: tuple[str, ...]) -> tuple[str, ...]:
+    urls = _split_list(raw)
+    for url in urls:
+        if not url.startswith(schemes) or any(c.isspace() for c in url):
+            raise _invalid(name, raw, "a comma-separated list of " + "/".join(schemes) + " URLs")
+    return urls
+
+
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+
+
+def _parse_origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = _split_list(raw)
+    if "*" in origins:
+        if len(origins) > 1:
+            raise _invalid(name, raw, '"*" alone, or a comma-separated list of origins')
+        return origins
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise _invalid(
+                name, raw, "a comma-separated list of origins like https://hall.example:8443"
+            )
+    return tuple(origin.rstrip("/") for origin in origins)
+
+
+def _parse_file(name: str, raw: str) -> Path:
+    path = Path(raw.strip()).expanduser()
+    if not path.is_file():
+        raise _invalid(name, raw, "the path of an existing file")
+    return path
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the process needs to start; see README.md for the table of variables."""
@@ -167,6 +228,25 @@ class Settings:
     max_queue: int = 500
     max_wait_s: float | None = 14400.0
     log_level: str = "INFO"
+    # -- authentication and real-time connections ----------------------------------------
+    token_ttl_s: float = 900.0
+    # HS256 shared secret or PEM public key of the app's identity provider (None: see
+    # :meth:`app_idp_key_resolved`).
+    app_idp_key: str | None = None
+    app_idp_issuer: str = "suishenban"
+    stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl_s: float = 3600.0
+    # Empty = same origin only; ("*",) = any origin.
+    allowed_origins: tuple[str, ...] = ()
+    auth_timeout_s: float = 5.0
+    resume_grace_s: float = 30.0
+    # None: demo accounts with --demo, otherwise nobody can log in.
+    accounts_file: Path | None = None
+    kiosk_secrets_file: Path | None = None
+    login_failure_limit: int = 10
+    login_failure_window_s: float = 1800.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -224,6 +304,54 @@ class Settings:
             ),
             max_wait_s=get("HALL_MAX_WAIT_S", _parse_max_wait, d.max_wait_s),
             log_level=get("HALL_LOG_LEVEL", _parse_log_level, d.log_level),
+            token_ttl_s=get(
+                "HALL_TOKEN_TTL_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.token_ttl_s,
+            ),
+            app_idp_key=get("HALL_APP_IDP_KEY", _parse_app_idp_key, d.app_idp_key),
+            app_idp_issuer=get(
+                "HALL_APP_IDP_ISSUER", lambda n, r: _parse_text(n, r).strip(), d.app_idp_issuer
+            ),
+            stun_urls=get(
+                "HALL_STUN_URLS",
+                lambda n, r: _parse_ice_urls(n, r, ("stun:", "stuns:")),
+                d.stun_urls,
+            ),
+            turn_urls=get(
+                "HALL_TURN_URLS",
+                lambda n, r: _parse_ice_urls(n, r, ("turn:", "turns:")),
+                d.turn_urls,
+            ),
+            turn_secret=get("HALL_TURN_SECRET", _parse_text, d.turn_secret),
+            turn_ttl_s=get(
+                "HALL_TURN_TTL_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.turn_ttl_s,
+            ),
+            allowed_origins=get("HALL_ALLOWED_ORIGINS", _parse_origins, d.allowed_origins),
+            auth_timeout_s=get(
+                "HALL_AUTH_TIMEOUT_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.auth_timeout_s,
+            ),
+            resume_grace_s=get(
+                "HALL_RESUME_GRACE_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.resume_grace_s,
+            ),
+            accounts_file=get("HALL_ACCOUNTS_FILE", _parse_file, d.accounts_file),
+            kiosk_secrets_file=get("HALL_KIOSK_SECRETS_FILE", _parse_file, d.kiosk_secrets_file),
+            login_failure_limit=get(
+                "HALL_LOGIN_FAILURE_LIMIT",
+                lambda n, r: _parse_int(n, r, minimum=1),
+                d.login_failure_limit,
+            ),
+            login_failure_window_s=get(
+                "HALL_LOGIN_FAILURE_WINDOW_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.login_failure_window_s,
+            ),
         )
 
     def resolve(self, *, demo: bool) -> Settings:
@@ -252,6 +380,18 @@ class Settings:
             # A demo is tried at any hour; a real hall keeps the catalog's opening hours.
             enforce_hours = not demo
         return replace(self, secret_key=secret_key, enforce_hours=enforce_hours)
+
+    def app_idp_key_resolved(self, demo: bool) -> str | None:
+        """The key that verifies residents' identity tokens, or None if residents cannot log in.
+
+        HALL_APP_IDP_KEY if set; otherwise, in demo mode, a key derived from HALL_SECRET_KEY
+        (the demo's stand-in identity provider signs with it). Call on resolved settings.
+        """
+        if self.app_idp_key is not None:
+            return self.app_idp_key
+        if demo and self.secret_key is not None:
+            return hmac.new(self.secret_key.encode(), b"app-idp", hashlib.sha256).hexdigest()
+        return None
 
     @property
     def hours_enforced(self) -> bool:

@@ -18,6 +18,10 @@ from rooms.records_writer import RecordsWriter
 from rooms.runner import HallRunner
 from rooms.store import Store
 from server.config import Settings
+from signaling.accounts import AccountBook, KioskKeys
+from signaling.hub import SignalingHub
+from signaling.identity import AppIdentityVerifier, DevIdentitySigner, TokenService
+from signaling.throttle import FailureThrottle
 
 SETTINGS = web.AppKey("settings", Settings)
 CATALOG = web.AppKey("catalog", Catalog)
@@ -31,3 +35,14 @@ WRITER_TASK = web.AppKey[asyncio.Task[None]]("writer_task")
 # None outside demo mode: there are no demo accounts then.
 DEMO_PASSWORD = web.AppKey[str | None]("demo_password")
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
+# Authentication (set up by server.auth_routes.setup_auth).
+TOKENS = web.AppKey("tokens", TokenService)
+ACCOUNTS = web.AppKey("accounts", AccountBook)
+KIOSK_KEYS = web.AppKey("kiosk_keys", KioskKeys)
+# None when no app identity key resolves: residents cannot connect from the app then.
+APP_IDENTITY = web.AppKey[AppIdentityVerifier | None]("app_identity")
+# Demo mode only: the stand-in for the app's identity provider.
+DEV_SIGNER = web.AppKey[DevIdentitySigner | None]("dev_signer")
+THROTTLE = web.AppKey("throttle", FailureThrottle)
+# The Socket.IO hub (signaling); attached to the app when it is created.
+HUB = web.AppKey[SignalingHub]("hub")

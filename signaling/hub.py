@@ -1,0 +1,674 @@
+"""The Socket.IO hub: authenticates connections, validates and authorises every event, drives
+the hall engine, and turns the engine's notices into numbered, resumable messages.
+
+One hub per process. Every event goes through :meth:`SignalingHub._on_event` (the catch-all
+handler), so validation, size limits, authorisation and error answers are the same for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import socketio
+
+from rooms.catalog import ServiceKind
+from rooms.errors import AuthError, ForbiddenError, HallError, InvalidStateError, ThrottledError
+from rooms.hall import Hall, Unstaffed
+from rooms.notices import Notice, NoticeKind
+from rooms.tickets import Channel, PriorityReason, Ticket, TicketState
+from signaling import protocol as p
+from signaling.identity import (
+    AppIdentityVerifier,
+    Role,
+    TokenService,
+    ice_servers,
+)
+from signaling.participants import Participant, Participants, ResumeError
+from signaling.sessions import MediaSession, Sessions
+from signaling.throttle import FailureThrottle
+from signaling.views import clerk_view, position_view, ticket_view
+
+logger = logging.getLogger("hall.signaling")
+
+Handler = Callable[[Participant, Any], Awaitable[dict[str, Any]]]
+
+_LIVE_TICKET = frozenset({TicketState.WAITING, TicketState.TRANSFERRED, TicketState.OFFERED,
+                          TicketState.IN_SESSION, TicketState.WRAP_UP})
+
+
+class OrjsonCodec:
+    """python-socketio's JSON hook: orjson is several times faster than the stdlib."""
+
+    @staticmethod
+    def dumps(obj: Any, *args: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(data: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        return orjson.loads(data)
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    auth_timeout_s: float = 5.0
+    resume_grace_s: float = 30.0
+    allowed_origins: tuple[str, ...] = ()  # empty: same origin only
+    stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl_s: float = 3600.0
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 5.0
+    position_interval_s: float = 1.0
+
+
+@dataclass(slots=True)
+class _QueuePush:
+    """Throttle state of position pushes for one queue."""
+
+    last: float = 0.0
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Tasks:
+    """Every task the hub spawns, so close() can cancel them all."""
+
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def cancel_all(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class SignalingHub:
+    def __init__(
+        self,
+        hall: Hall,
+        *,
+        tokens: TokenService,
+        app_identity: AppIdentityVerifier | None,
+        throttle: FailureThrottle,
+        config: HubConfig | None = None,
+    ) -> None:
+        self.hall = hall
+        self.tokens = tokens
+        self.app_identity = app_identity
+        self.throttle = throttle
+        self.config = config or HubConfig()
+        origins: Any = list(self.config.allowed_origins) or None
+        if self.config.allowed_origins == ("*",):
+            origins = "*"
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            cors_allowed_origins=origins,
+            ping_interval=self.config.ping_interval_s,
+            ping_timeout=self.config.ping_timeout_s,
+            # Engine.IO drops a frame this large outright; events up to 64 KiB get an answer.
+            max_http_buffer_size=2 * p.MAX_EVENT_BYTES,
+            json=OrjsonCodec,
+        )
+        self.participants = Participants()
+        self.sessions = Sessions()
+        self._pending: dict[str, str] = {}  # sid -> remote address, not yet authenticated
+        self._graces: dict[str, asyncio.Task[None]] = {}  # participant id -> grace timer
+        self._pushes: dict[str, _QueuePush] = {}
+        self._sent_position: dict[str, tuple[int | None, float | None, bool]] = {}
+        self._ticket_owner: dict[str, str] = {}  # ticket id -> resident participant id
+        self._tasks = _Tasks()
+        self._notices: asyncio.Queue[Sequence[Notice]] = asyncio.Queue()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._handlers: dict[str, Handler] = {
+            "auth.refresh": self._auth_refresh,
+            "ticket.take": self._ticket_take,
+            "ticket.leave": self._ticket_leave,
+            "ticket.callback": self._ticket_callback,
+            "ticket.position": self._ticket_position,
+            "clerk.available": self._clerk_available,
+            "clerk.break": self._clerk_break,
+            "clerk.logout": self._clerk_logout,
+            "offer.accept": self._offer_accept,
+            "offer.decline": self._offer_decline,
+            "session.end": self._session_end,
+            "session.transfer": self._session_transfer,
+            "wrapup.outcome": self._wrapup_outcome,
+            "wrapup.finish": self._wrapup_finish,
+            "wrapup.extend": self._wrapup_extend,
+            "rtc.signal": self._rtc_signal,
+            "media.screen": self._media_screen,
+            "monitor.join": self._monitor_join,
+            "monitor.leave": self._monitor_leave,
+            "wall.snapshot": self._wall_snapshot,
+        }
+        assert set(self._handlers) == set(p.EVENTS), "protocol and handlers out of step"
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("*", self._on_event)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._unsubscribe = self.hall.subscribe(self._notices.put_nowait)
+        self._tasks.spawn(self._deliver_notices(), "hub-notices")
+
+    async def close(self) -> None:
+        """Stop delivering and cancel every timer; idempotent."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for task in self._graces.values():
+            task.cancel()
+        self._graces.clear()
+        await self._tasks.cancel_all()
+
+    def now(self) -> float:
+        return self.hall.clock.now()
+
+    # ------------------------------------------------------------------ connections
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        address = _remote(environ)
+        if isinstance(auth, dict) and auth:
+            try:
+                hello = p.parse(p.Hello, auth)
+                await self._authenticate(sid, address, hello)
+            except HallError as err:
+                raise socketio.exceptions.ConnectionRefusedError(
+                    {"code": err.code, "message": err.message}
+                ) from None
+            return
+        self._pending[sid] = address
+        self._tasks.spawn(self._auth_deadline(sid), f"auth-deadline-{sid}")
+
+    async def _auth_deadline(self, sid: str) -> None:
+        await asyncio.sleep(self.config.auth_timeout_s)
+        if sid in self._pending:
+            self._pending.pop(sid, None)
+            logger.info("closing %s: not authenticated within %.0fs", sid,
+                        self.config.auth_timeout_s)
+            await self.sio.disconnect(sid)
+
+    async def _authenticate(self, sid: str, address: str, hello: p.Hello) -> dict[str, Any]:
+        self.throttle.check(address)
+        replayed: list[tuple[str, dict[str, Any]]] = []
+        try:
+            if hello.resume is not None:
+                participant = self.participants.redeem(hello.resume)
+                replayed = participant.since(hello.last_seq)
+                principal = participant.principal
+            elif hello.token is not None:
+                principal = self.tokens.verify(hello.token)
+            elif hello.id_token is not None:
+                if self.app_identity is None:
+                    raise AuthError("resident identity tokens are not configured")
+                principal = self.app_identity.verify(hello.id_token)
+            else:
+                raise AuthError("send token, id_token or resume")
+        except (AuthError, ResumeError):
+            self.throttle.failed(address)
+            raise
+        self._pending.pop(sid, None)
+        participant, replaced = self.participants.attach(principal, sid)
+        if replaced is not None and replaced != sid:
+            await self.sio.emit("replaced", {}, to=replaced)
+            await self.sio.disconnect(replaced)
+        grace = self._graces.pop(participant.id, None)
+        if grace is not None:
+            grace.cancel()
+        resumed = hello.resume is not None
+        if principal.role == Role.CLERK:
+            await self.hall.login(principal.subject)
+        welcome = await self._welcome(participant, resumed)
+        await self.sio.emit("welcome", welcome, to=sid)
+        for event, payload in replayed:
+            await self.sio.emit(event, payload, to=sid)
+        if resumed:
+            await self._came_back(participant)
+        return welcome
+
+    async def _welcome(self, participant: Participant, resumed: bool) -> dict[str, Any]:
+        ticket = await self._current_ticket(participant)
+        session = None
+        for live in self.sessions.of(participant.id):
+            if participant.id in (live.resident, live.clerk):
+                session = await self._session_view(live, participant)
+        return {
+            "participant": participant.id,
+            "role": participant.principal.role.value,
+            "name": participant.principal.name,
+            "resume_token": self.participants.issue_resume(participant),
+            "resumed": resumed,
+            "last_seq": participant.seq,
+            "ping_interval_s": self.config.ping_interval_s,
+            "ticket": ticket_view(ticket) if ticket else None,
+            "session": session,
+        }
+
+    async def _current_ticket(self, participant: Participant) -> Ticket | None:
+        if participant.principal.role == Role.CLERK:
+            clerk = await self.hall.get_clerk(participant.principal.subject)
+            ticket_id = clerk.ticket_id
+        else:
+            ticket_id = participant.ticket_id
+        return None if ticket_id is None else await self.hall.get_ticket(ticket_id)
+
+    async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        self._pending.pop(sid, None)
+        participant = self.participants.detach(sid, self.now())
+        if participant is None:
+            return  # never authenticated, or replaced by a newer connection
+        for live in self.sessions.of(participant.id):
+            if participant.id in (live.resident, live.clerk):
+                await self._send(live.peer_of(participant.id), "session.peer",
+                                 {"session_id": live.id, "state": "reconnecting"})
+        if participant.ticket_id is not None:
+            with contextlib.suppress(HallError):
+                await self.hall.resident_disconnected(participant.ticket_id)
+        self._graces[participant.id] = self._tasks.spawn(
+            self._grace(participant), f"grace-{participant.id}"
+        )
+
+    async def _grace(self, participant: Participant) -> None:
+        await asyncio.sleep(self.config.resume_grace_s)
+        self._graces.pop(participant.id, None)
+        if participant.sid is not None:
+            return
+        if participant.principal.role == Role.CLERK:
+            await self.hall.clerk_disconnected(participant.principal.subject)
+        for live in self.sessions.of(participant.id):
+            if participant.id in live.monitors:
+                self.sessions.remove_monitor(live.id, participant.id)
+        # Residents: the queue's own grace (started at the drop) abandons the ticket.
+        self.participants.forget(participant)
+
+    async def _came_back(self, participant: Participant) -> None:
+        if participant.ticket_id is not None:
+            with contextlib.suppress(HallError):
+                await self.hall.resident_reconnected(participant.ticket_id)
+        for live in self.sessions.of(participant.id):
+            if participant.id in (live.resident, live.clerk):
+                await self._send(live.peer_of(participant.id), "session.peer",
+                                 {"session_id": live.id, "state": "back"})
+
+    # ------------------------------------------------------------------ events
+    async def _on_event(self, event: str, sid: str, data: Any = None) -> dict[str, Any]:
+        try:
+            return await self._dispatch(event, sid, data)
+        except HallError as err:
+            extra: dict[str, Any] = {}
+            if isinstance(err, ThrottledError):
+                extra["retry_after_s"] = round(err.retry_after_s, 1)
+            return p.fail(err.code, err.message, **extra)
+        except Exception:
+            ref = secrets.token_hex(4)
+            logger.exception("event %s from %s failed (ref %s)", event, sid, ref)
+            return p.fail("internal_error", f"internal error, reference {ref}")
+
+    async def _dispatch(self, event: str, sid: str, data: Any) -> dict[str, Any]:
+        if len(orjson.dumps(data)) > p.MAX_EVENT_BYTES:
+            raise p.ProtocolError("the event is larger than 64 KiB", code="payload_too_large")
+        if event == "hello":
+            return await self._hello(sid, data)
+        spec = p.EVENTS.get(event)
+        if spec is None:
+            raise p.ProtocolError(f'unknown event "{event}"', code="unknown_event")
+        participant = self.participants.by_sid(sid)
+        if participant is None:
+            raise AuthError("authenticate first (hello)")
+        if participant.principal.role not in spec.roles:
+            raise ForbiddenError(f'a {participant.principal.role} may not send "{event}"')
+        payload = p.parse(spec.schema, data)
+        return await self._handlers[event](participant, payload)
+
+    async def _hello(self, sid: str, data: Any) -> dict[str, Any]:
+        if self.participants.by_sid(sid) is not None:
+            raise InvalidStateError("this connection is already authenticated")
+        address = self._pending.get(sid)
+        if address is None:
+            raise AuthError("connection not known")
+        welcome = await self._authenticate(sid, address, p.parse(p.Hello, data))
+        return p.ok(**welcome)
+
+    # -- residents and kiosks -------------------------------------------------------------
+    async def _own_ticket(self, participant: Participant, ticket_id: str) -> Ticket:
+        if participant.ticket_id != ticket_id:
+            raise ForbiddenError("not your ticket")
+        return await self.hall.get_ticket(ticket_id)
+
+    async def _ticket_take(self, participant: Participant, req: Any) -> dict[str, Any]:
+        assert isinstance(req, p.TicketTake)
+        current = await self._current_ticket(participant)
+        if current is not None and current.state in _LIVE_TICKET:
+            raise HallError(f"ticket {current.number} is still {current.state}",
+                            code="ticket_active")
+        principal = participant.principal
+        kiosk = principal.role == Role.KIOSK
+        ticket = await self.hall.join(
+            req.matter_id,
+            channel=Channel.KIOSK if kiosk else Channel.APP,
+            kind=ServiceKind(req.kind),
+            service_point_id=principal.service_point_id if kiosk else None,
+            resident_id=None if kiosk else principal.subject,
+            priority=PriorityReason(req.priority) if req.priority else None,
+            when_unstaffed=Unstaffed(req.when_unstaffed),
+            callback_contact=req.callback_contact,
+        )
+        participant.ticket_id = ticket.id
+        self._ticket_owner[ticket.id] = participant.id
+        return p.ok(ticket=ticket_view(ticket))
+
+    async def _ticket_leave(self, participant: Participant, req: Any) -> dict[str, Any]:
+        await self._own_ticket(participant, req.ticket_id)
+        return p.ok(ticket=ticket_view(await self.hall.leave(req.ticket_id)))
+
+    async def _ticket_callback(self, participant: Participant, req: Any) -> dict[str, Any]:
+        await self._own_ticket(participant, req.ticket_id)
+        ticket = await self.hall.request_callback(req.ticket_id, req.contact)
+        return p.ok(ticket=ticket_view(ticket))
+
+    async def _ticket_position(self, participant: Participant, req: Any) -> dict[str, Any]:
+        await self._own_ticket(participant, req.ticket_id)
+        return p.ok(position=position_view(await self.hall.position(req.ticket_id)))
+
+    # -- clerks -----------------------------------------------------------------------------
+    async def _clerk_available(self, participant: Participant, req: Any) -> dict[str, Any]:
+        clerk = await self.hall.set_available(participant.principal.subject)
+        return p.ok(clerk=clerk_view(clerk))
+
+    async def _clerk_break(self, participant: Participant, req: Any) -> dict[str, Any]:
+        clerk = await self.hall.set_break(participant.principal.subject, req.reason)
+        return p.ok(clerk=clerk_view(clerk))
+
+    async def _clerk_logout(self, participant: Participant, req: Any) -> dict[str, Any]:
+        return p.ok(clerk=clerk_view(await self.hall.logout(participant.principal.subject)))
+
+    async def _clerks_ticket(self, participant: Participant, ticket_id: str) -> None:
+        clerk = await self.hall.get_clerk(participant.principal.subject)
+        if clerk.ticket_id != ticket_id:
+            raise ForbiddenError("that ticket is not offered to or held by you")
+
+    async def _offer_accept(self, participant: Participant, req: Any) -> dict[str, Any]:
+        await self._clerks_ticket(participant, req.ticket_id)
+        ticket = await self.hall.accept(participant.principal.subject, req.ticket_id)
+        live = self._open_session(ticket, participant.id)
+        return p.ok(ticket=ticket_view(ticket),
+                    session=await self._session_view(live, participant))
+
+    async def _offer_decline(self, participant: Participant, req: Any) -> dict[str, Any]:
+        await self._clerks_ticket(participant, req.ticket_id)
+        ticket = await self.hall.decline(participant.principal.subject, req.ticket_id)
+        return p.ok(ticket=ticket_view(ticket))
+
+    def _session_of(self, participant: Participant, session_id: str) -> MediaSession:
+        live = self.sessions.get(session_id)
+        if participant.id not in (live.resident, live.clerk):
+            raise ForbiddenError(f"not a participant of session {session_id}")
+        return live
+
+    async def _session_end(self, participant: Participant, req: Any) -> dict[str, Any]:
+        live = self._session_of(participant, req.session_id)
+        if participant.id == live.clerk:
+            ticket = await self.hall.end_session(participant.principal.subject, live.id)
+        else:
+            ticket = await self.hall.leave(live.id)
+        return p.ok(ticket=ticket_view(ticket))
+
+    async def _session_transfer(self, participant: Participant, req: Any) -> dict[str, Any]:
+        live = self._session_of(participant, req.session_id)
+        ticket = await self.hall.transfer(
+            participant.principal.subject, live.id, to_matter=req.to_matter,
+            to_clerk=req.to_clerk, allow_wait=req.allow_wait, note=req.note,
+        )
+        return p.ok(ticket=ticket_view(ticket))
+
+    async def _wrapup_outcome(self, participant: Participant, req: Any) -> dict[str, Any]:
+        clerk = await self.hall.set_outcome(participant.principal.subject, req.outcome,
+                                            req.reason)
+        return p.ok(clerk=clerk_view(clerk))
+
+    async def _wrapup_finish(self, participant: Participant, req: Any) -> dict[str, Any]:
+        clerk = await self.hall.finish_wrapup(participant.principal.subject, req.outcome,
+                                              req.reason)
+        return p.ok(clerk=clerk_view(clerk))
+
+    async def _wrapup_extend(self, participant: Participant, req: Any) -> dict[str, Any]:
+        clerk = await self.hall.extend_wrapup(participant.principal.subject, req.seconds)
+        return p.ok(clerk=clerk_view(clerk))
+
+    async def _auth_refresh(self, participant: Participant, req: Any) -> dict[str, Any]:
+        token, expires = self.tokens.issue(participant.principal)
+        return p.ok(token=token, expires_at=expires)
+
+    # -- WebRTC -----------------------------------------------------------------------------
+    async def _rtc_signal(self, participant: Participant, req: Any) -> dict[str, Any]:
+        assert isinstance(req, p.RtcSignal)
+        if req.description is None and "candidate" not in req.model_fields_set:
+            raise p.ProtocolError("rtc.signal needs a description or a candidate")
+        live = self.sessions.get(req.session_id)
+        target = live.route(participant.id, req.to)
+        sender = "peer" if req.to == "peer" and participant.id in (
+            live.resident, live.clerk) else participant.id
+        if participant.id in live.monitors:
+            sender = participant.id
+        message: dict[str, Any] = {"session_id": live.id, "from": sender}
+        if req.description is not None:
+            message["description"] = req.description.model_dump()
+        if "candidate" in req.model_fields_set:
+            message["candidate"] = (None if req.candidate is None
+                                    else req.candidate.model_dump(exclude_none=True))
+        await self._send(target, "rtc.signal", message)
+        return p.ok()
+
+    async def _media_screen(self, participant: Participant, req: Any) -> dict[str, Any]:
+        live = self._session_of(participant, req.session_id)
+        message = {"session_id": live.id, "from_role": participant.principal.role.value,
+                   "active": req.active, "stream_id": req.stream_id}
+        await self._send(live.peer_of(participant.id), "media.screen", message)
+        for monitor in sorted(live.monitors):
+            await self._send(monitor, "media.screen", message)
+        return p.ok()
+
+    async def _monitor_join(self, participant: Participant, req: Any) -> dict[str, Any]:
+        live = self.sessions.get(req.session_id)
+        await self.hall.record_monitor(live.id, participant.principal.subject, joined=True)
+        self.sessions.add_monitor(live.id, participant.id)
+        await self._send(live.clerk, "monitor.joined", {
+            "session_id": live.id, "supervisor": participant.id,
+            "name": participant.principal.name})
+        return p.ok(session={
+            "id": live.id, "ticket_id": live.id, "clerk": live.clerk, "role": "monitor",
+            "ice_servers": self._ice(participant.id)})
+
+    async def _monitor_leave(self, participant: Participant, req: Any) -> dict[str, Any]:
+        live = self.sessions.remove_monitor(req.session_id, participant.id)
+        await self.hall.record_monitor(live.id, participant.principal.subject, joined=False)
+        await self._send(live.clerk, "monitor.left", {
+            "session_id": live.id, "supervisor": participant.id,
+            "name": participant.principal.name})
+        return p.ok()
+
+    async def _wall_snapshot(self, participant: Participant, req: Any) -> dict[str, Any]:
+        return p.ok(snapshot=await self.hall.snapshot())
+
+    def _ice(self, participant_id: str) -> list[dict[str, Any]]:
+        c = self.config
+        return ice_servers(stun_urls=c.stun_urls, turn_urls=c.turn_urls,
+                           turn_secret=c.turn_secret, turn_ttl_s=c.turn_ttl_s,
+                           participant=participant_id, now=time.time())
+
+    def _open_session(self, ticket: Ticket, clerk_pid: str) -> MediaSession:
+        live = self.sessions.find(ticket.id)
+        if live is None:
+            resident = self._ticket_owner.get(ticket.id, f"unknown:{ticket.id}")
+            live = self.sessions.open(ticket.id, resident, clerk_pid)
+        return live
+
+    async def _session_view(self, live: MediaSession, viewer: Participant) -> dict[str, Any]:
+        is_clerk = viewer.id == live.clerk
+        peer = self.participants.get(live.peer_of(viewer.id))
+        ticket = await self.hall.get_ticket(live.id)
+        view: dict[str, Any] = {
+            "id": live.id,
+            "ticket_id": live.id,
+            "matter_id": ticket.matter_id,
+            "role": viewer.principal.role.value,
+            "peer": {"role": peer.principal.role.value if peer else None,
+                     "name": peer.principal.name if peer else ""},
+            "initiator": is_clerk,
+            "polite": not is_clerk,
+            "ice_servers": self._ice(viewer.id),
+        }
+        if is_clerk:
+            view["monitors"] = sorted(live.monitors)
+        return view
+
+    # ------------------------------------------------------------------ sending
+    async def _send(self, participant_id: str, event: str, payload: dict[str, Any]) -> None:
+        """Number the message, keep it for replay, and send it if the participant is here."""
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            return
+        stamped = participant.stamp(event, payload)
+        if participant.sid is not None:
+            await self.sio.emit(event, stamped, to=participant.sid)
+
+    async def _deliver_notices(self) -> None:
+        while True:
+            batch = await self._notices.get()
+            for notice in batch:
+                try:
+                    await self._deliver(notice)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("delivering %s failed", notice)
+
+    async def _deliver(self, notice: Notice) -> None:
+        kind = notice.kind
+        if kind == NoticeKind.TICKET and notice.ticket_id is not None:
+            await self._ticket_changed(notice)
+        elif kind == NoticeKind.OFFER and notice.clerk_id is not None:
+            await self._send(f"clerk:{notice.clerk_id}", "offer.new",
+                             {"ticket_id": notice.ticket_id, **_offer_fields(notice.data)})
+        elif kind == NoticeKind.OFFER_WITHDRAWN and notice.clerk_id is not None:
+            await self._send(f"clerk:{notice.clerk_id}", "offer.withdrawn",
+                             {"ticket_id": notice.ticket_id, "reason": notice.data["reason"]})
+        elif kind == NoticeKind.YOU_ARE_NEXT and notice.ticket_id is not None:
+            owner = self._ticket_owner.get(notice.ticket_id)
+            if owner is not None:
+                await self._send(owner, "ticket.next", {"ticket_id": notice.ticket_id})
+        elif kind == NoticeKind.QUEUE_CHANGED and notice.queue_key is not None:
+            self._schedule_positions(notice.queue_key)
+        elif kind == NoticeKind.CLERK and notice.clerk_id is not None:
+            clerk = await self.hall.get_clerk(notice.clerk_id)
+            await self._send(f"clerk:{clerk.id}", "clerk.state", {"clerk": clerk_view(clerk)})
+        elif kind == NoticeKind.WRAPUP_OVERDUE and notice.clerk_id is not None:
+            await self._send(f"clerk:{notice.clerk_id}", "wrapup.overdue",
+                             {"ticket_id": notice.ticket_id})
+
+    async def _ticket_changed(self, notice: Notice) -> None:
+        assert notice.ticket_id is not None
+        ticket = await self.hall.get_ticket(notice.ticket_id)
+        owner = self._ticket_owner.get(ticket.id)
+        live = self.sessions.find(ticket.id)
+        if ticket.state == TicketState.IN_SESSION:
+            if ticket.clerk_id is not None:
+                live = self._open_session(ticket, f"clerk:{ticket.clerk_id}")
+                for pid in (live.resident, live.clerk):
+                    viewer = self.participants.get(pid)
+                    if viewer is not None:
+                        await self._send(pid, "session.started",
+                                         {"session": await self._session_view(live, viewer)})
+        elif live is not None:
+            self.sessions.close(ticket.id)
+            reason = _end_reason(notice.data)
+            for pid in (live.resident, live.clerk, *sorted(live.monitors)):
+                await self._send(pid, "session.ended", {"session_id": live.id,
+                                                        "reason": reason})
+        view = {"ticket": ticket_view(ticket)}
+        if owner is not None:
+            await self._send(owner, "ticket.update", view)
+        holder = notice.clerk_id or ticket.clerk_id
+        if holder is not None:
+            await self._send(f"clerk:{holder}", "ticket.update", view)
+        if ticket.is_final:
+            self._ticket_owner.pop(ticket.id, None)
+            self._sent_position.pop(ticket.id, None)
+            if owner is not None:
+                resident = self.participants.get(owner)
+                if resident is not None and resident.ticket_id == ticket.id:
+                    resident.ticket_id = None
+
+    # -- throttled position pushes ----------------------------------------------------------
+    def _schedule_positions(self, queue_key: str) -> None:
+        push = self._pushes.setdefault(queue_key, _QueuePush())
+        if push.task is not None and not push.task.done():
+            return  # a push is already due: it will read the latest ranks
+        push.task = self._tasks.spawn(self._push_positions(queue_key, push),
+                                      f"positions-{queue_key}")
+
+    async def _push_positions(self, queue_key: str, push: _QueuePush) -> None:
+        loop = asyncio.get_running_loop()
+        wait = push.last + self.config.position_interval_s - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        push.last = loop.time()
+        ids = [t for t in await self.hall.store.queue_range(queue_key, 0, 1000)
+               if t in self._ticket_owner]
+        if not ids:
+            return
+        for info in await self.hall.positions(ids):
+            sent = (info.position, info.eta_s, info.staffed)
+            if self._sent_position.get(info.ticket_id) == sent:
+                continue
+            self._sent_position[info.ticket_id] = sent
+            owner = self._ticket_owner.get(info.ticket_id)
+            if owner is not None:
+                await self._send(owner, "ticket.position", position_view(info))
+
+
+def _offer_fields(data: dict[str, Any]) -> dict[str, Any]:
+    keys = ("number", "matter_id", "kind", "priority", "callback", "transfers", "wait_s",
+            "deadline", "timeout_s")
+    return {k: data.get(k) for k in keys}
+
+
+def _end_reason(data: dict[str, Any]) -> str:
+    if data.get("transferred_from"):
+        return "transfer"
+    if data.get("requeued"):
+        return "clerk_lost"
+    ended_by = data.get("ended_by")
+    if ended_by == "resident_disconnected":
+        return "resident_lost"
+    return str(ended_by or data.get("state") or "ended")
+
+
+def _remote(environ: dict[str, Any]) -> str:
+    request = environ.get("aiohttp.request")
+    remote = getattr(request, "remote", None) if request is not None else None
+    return str(remote or environ.get("REMOTE_ADDR") or "unknown")
+
+

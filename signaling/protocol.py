@@ -1,0 +1,179 @@
+"""The wire protocol's client→server payloads, as strict schemas (see docs/protocol.md).
+
+Every event a client may send is in :data:`EVENTS` with the schema of its payload and the roles
+allowed to send it. Schemas forbid unknown fields and coerce nothing (a number sent as a string
+is refused), so what passes validation is exactly what the contract allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ValidationError as PydanticValidationError
+
+from rooms.errors import HallError
+from signaling.identity import Role
+
+MAX_EVENT_BYTES = 64 * 1024
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ShortText = Annotated[str, StringConstraints(max_length=500)]
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Hello(Payload):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+    id_token: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = None
+    resume: Annotated[str, StringConstraints(min_length=16, max_length=128)] | None = None
+    last_seq: Annotated[int, Field(ge=0)] = 0
+
+
+class Empty(Payload):
+    pass
+
+
+class TicketTake(Payload):
+    matter_id: Id
+    kind: Literal["consultation", "pre_review"] = "consultation"
+    priority: Literal["elderly", "disabled"] | None = None
+    when_unstaffed: Literal["refuse", "wait", "callback"] = "refuse"
+    callback_contact: Annotated[str, StringConstraints(max_length=100)] | None = None
+
+
+class TicketRef(Payload):
+    ticket_id: Id
+
+
+class TicketCallback(Payload):
+    ticket_id: Id
+    contact: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class BreakRequest(Payload):
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class SessionRef(Payload):
+    session_id: Id
+
+
+class Transfer(Payload):
+    session_id: Id
+    to_matter: Id | None = None
+    to_clerk: Id | None = None
+    allow_wait: bool = False
+    note: ShortText | None = None
+
+
+class WrapupOutcome(Payload):
+    outcome: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    reason: ShortText | None = None
+
+
+class WrapupFinish(Payload):
+    outcome: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    reason: ShortText | None = None
+
+
+class WrapupExtend(Payload):
+    seconds: Annotated[float, Field(ge=1, le=600, strict=False)]
+
+
+class Description(Payload):
+    type: Literal["offer", "answer", "rollback"]
+    sdp: Annotated[str, StringConstraints(max_length=60_000)] = ""
+
+
+class Candidate(BaseModel):
+    """RTCIceCandidateInit as browsers serialise it (camelCase on purpose)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    candidate: Annotated[str, StringConstraints(max_length=2048)]
+    sdpMid: Annotated[str, StringConstraints(max_length=64)] | None = None
+    sdpMLineIndex: Annotated[int, Field(ge=0, le=1024)] | None = None
+    usernameFragment: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+class RtcSignal(Payload):
+    session_id: Id
+    to: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "peer"
+    description: Description | None = None
+    candidate: Candidate | None = None  # explicit null = end of candidates
+
+
+class MediaScreen(Payload):
+    session_id: Id
+    active: bool
+    stream_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+
+RESIDENTS = frozenset({Role.RESIDENT, Role.KIOSK})
+CLERKS = frozenset({Role.CLERK})
+SUPERVISORS = frozenset({Role.SUPERVISOR})
+STAFF_AND_KIOSKS = frozenset({Role.CLERK, Role.SUPERVISOR, Role.KIOSK})
+IN_SESSION = frozenset({Role.RESIDENT, Role.KIOSK, Role.CLERK})
+ANY = frozenset(Role)
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    schema: type[Payload]
+    roles: frozenset[Role]
+
+
+EVENTS: dict[str, EventSpec] = {
+    "auth.refresh": EventSpec(Empty, STAFF_AND_KIOSKS),
+    "ticket.take": EventSpec(TicketTake, RESIDENTS),
+    "ticket.leave": EventSpec(TicketRef, RESIDENTS),
+    "ticket.callback": EventSpec(TicketCallback, RESIDENTS),
+    "ticket.position": EventSpec(TicketRef, RESIDENTS),
+    "clerk.available": EventSpec(Empty, CLERKS),
+    "clerk.break": EventSpec(BreakRequest, CLERKS),
+    "clerk.logout": EventSpec(Empty, CLERKS),
+    "offer.accept": EventSpec(TicketRef, CLERKS),
+    "offer.decline": EventSpec(TicketRef, CLERKS),
+    "session.end": EventSpec(SessionRef, IN_SESSION),
+    "session.transfer": EventSpec(Transfer, CLERKS),
+    "wrapup.outcome": EventSpec(WrapupOutcome, CLERKS),
+    "wrapup.finish": EventSpec(WrapupFinish, CLERKS),
+    "wrapup.extend": EventSpec(WrapupExtend, CLERKS),
+    "rtc.signal": EventSpec(RtcSignal, frozenset({*IN_SESSION, Role.SUPERVISOR})),
+    "media.screen": EventSpec(MediaScreen, IN_SESSION),
+    "monitor.join": EventSpec(SessionRef, SUPERVISORS),
+    "monitor.leave": EventSpec(SessionRef, SUPERVISORS),
+    "wall.snapshot": EventSpec(Empty, SUPERVISORS),
+}
+
+
+class ProtocolError(HallError):
+    """A malformed, oversized or unknown event (never reaches the domain core)."""
+
+    code = "invalid_payload"
+
+
+P = TypeVar("P", bound=Payload)
+
+
+def parse(schema: type[P], data: Any) -> P:
+    """Validate a payload; the error names the first bad field."""
+    if not isinstance(data, dict):
+        raise ProtocolError("the payload must be a JSON object")
+    try:
+        return schema.model_validate(data)
+    except PydanticValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise ProtocolError(f"{where}: {first['msg']}") from None
+
+
+def ok(**fields: Any) -> dict[str, Any]:
+    return {"ok": True, **fields}
+
+
+def fail(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message, **extra}}

@@ -1,0 +1,139 @@
+"""A real hall on a free port, and Socket.IO clients that record every event they receive."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import socketio
+from aiohttp import web
+
+from server import keys
+from server.app import create_app
+from server.config import Settings
+
+PASSWORD = "demo-password-for-tests"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveHall:
+    url: str
+    app: web.Application
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.post(self.url + path, json=body) as r:
+            data: dict[str, Any] = await r.json()
+            return data
+
+    async def clerk_token(self, username: str = "clerk01") -> str:
+        reply = await self.post("/api/auth/login", {"username": username, "password": PASSWORD})
+        assert reply["ok"], reply
+        return str(reply["token"])
+
+    async def resident_id_token(self, resident_id: str, name: str = "居民") -> str:
+        reply = await self.post("/api/dev/resident-token", {"resident_id": resident_id,
+                                                            "name": name})
+        assert reply["ok"], reply
+        return str(reply["id_token"])
+
+    async def kiosk_token(self, service_point_id: str = "XH-001") -> str:
+        secret = self.app[keys.KIOSK_KEYS].demo_secret(service_point_id)
+        reply = await self.post("/api/auth/kiosk", {"service_point_id": service_point_id,
+                                                    "secret": secret})
+        assert reply["ok"], reply
+        return str(reply["token"])
+
+
+@asynccontextmanager
+async def live_hall(env: Mapping[str, str] | None = None) -> AsyncIterator[LiveHall]:
+    port = free_port()
+    settings = Settings.from_env({
+        "HALL_DEMO_PASSWORD": PASSWORD,
+        "HALL_DATABASE_URL": "sqlite+aiosqlite:///:memory:",
+        "HALL_PORT": str(port),
+        **(env or {}),
+    })
+    app = create_app(settings, demo=True)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield LiveHall(f"http://127.0.0.1:{port}", app)
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class Client:
+    """A Socket.IO client that keeps every event, in order, for assertions."""
+
+    sio: socketio.AsyncClient = field(default_factory=lambda: socketio.AsyncClient(
+        reconnection=False))
+    events: list[tuple[str, Any]] = field(default_factory=list)
+    cursor: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        @self.sio.on("*")  # type: ignore[untyped-decorator]
+        async def _any(event: str, data: Any = None) -> None:
+            self.events.append((event, data))
+            self.arrived.set()
+
+    async def connect(self, url: str, auth: dict[str, Any] | None = None,
+                      headers: dict[str, str] | None = None) -> None:
+        await self.sio.connect(url, auth=auth, transports=["websocket"], headers=headers or {},
+                               wait_timeout=5)
+
+    async def call(self, event: str, payload: Any = None) -> dict[str, Any]:
+        reply: dict[str, Any] = await self.sio.call(event, payload if payload is not None
+                                                    else {}, timeout=10)
+        return reply
+
+    async def next(self, event: str, match: Callable[[Any], bool] | None = None,
+                   within: float = 5.0) -> Any:
+        """The next not-yet-consumed event of that name (and matching), waiting for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            for i in range(self.cursor, len(self.events)):
+                name, data = self.events[i]
+                if name == event and (match is None or match(data)):
+                    self.events.pop(i)
+                    return data
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                seen = [name for name, _ in self.events]
+                raise AssertionError(f"no {event} within {within}s; got {seen}")
+            self.arrived.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.events]
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+
+@asynccontextmanager
+async def clients(n: int) -> AsyncIterator[list[Client]]:
+    made = [Client() for _ in range(n)]
+    try:
+        yield made
+    finally:
+        for c in made:
+            await c.close()
