@@ -40,6 +40,9 @@ class Participant:
     resume_digest: str | None = None
     away_since: float | None = None
     ticket_id: str | None = None  # residents and kiosks: the ticket they hold
+    # False from attach until welcome and replay are out: messages numbered meanwhile wait in
+    # the outbox, so nothing overtakes the welcome or the replay.
+    greeted: bool = False
 
     @property
     def id(self) -> str:
@@ -93,6 +96,7 @@ class Participants:
             self._by_sid.pop(replaced, None)
         participant.sid = sid
         participant.away_since = None
+        participant.greeted = False
         self._by_sid[sid] = participant.id
         return participant, replaced
 

@@ -96,6 +96,11 @@ async def test_bad_events_get_stable_errors_and_change_nothing() -> None:
         assert extra["error"]["code"] == "invalid_payload"
         not_obj = await resident.call("ticket.take", ["x"])
         assert not_obj["error"]["code"] == "invalid_payload"
+        two = await resident.sio.call("ticket.take", ({"matter_id": MATTER}, {"x": 1}),
+                                      timeout=5)
+        assert two["error"]["code"] == "invalid_payload"
+        bare = await resident.sio.call("ticket.take", timeout=5)
+        assert bare["error"]["code"] == "invalid_payload"
         huge = await resident.call("ticket.take", {"matter_id": MATTER, "callback_contact":
                                                    "x" * 70_000})
         assert huge["error"]["code"] == "payload_too_large"
