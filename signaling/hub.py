@@ -147,6 +147,8 @@ class SignalingHub:
         self._pushes: dict[str, _QueuePush] = {}
         self._sent_position: dict[str, tuple[int | None, float | None, bool]] = {}
         self._ticket_owner: dict[str, str] = {}  # ticket id -> resident participant id
+        self._last_view: dict[tuple[str, str], dict[str, Any]] = {}  # (participant, ticket)
+        self._announced: set[str] = set()  # sessions whose session.started went out
         self._tasks = _Tasks()
         self._notices: asyncio.Queue[Sequence[Notice]] = asyncio.Queue()
         self._unsubscribe: Callable[[], None] | None = None
@@ -203,8 +205,10 @@ class SignalingHub:
                 hello = p.parse(p.Hello, auth)
                 participant, welcome, start = await self._authenticate(sid, address, hello)
             except HallError as err:
+                # Two arguments: clients get ``message`` and ``data: {code, message}`` (one
+                # argument would be stringified by python-socketio, losing the code).
                 raise socketio.exceptions.ConnectionRefusedError(
-                    {"code": err.code, "message": err.message}
+                    err.message, {"code": err.code, "message": err.message}
                 ) from None
             # Greet once the handshake is answered: a message emitted from inside the connect
             # handler would reach the client before its CONNECT packet.
@@ -621,27 +625,35 @@ class SignalingHub:
         ticket = await self.hall.get_ticket(notice.ticket_id)
         owner = self._ticket_owner.get(ticket.id)
         live = self.sessions.find(ticket.id)
-        if ticket.state == TicketState.IN_SESSION:
-            if ticket.clerk_id is not None:
-                live = self._open_session(ticket, f"clerk:{ticket.clerk_id}")
+        if live is not None and ticket.state != TicketState.IN_SESSION:
+            self.sessions.close(ticket.id)
+            self._announced.discard(live.id)
+            reason = _end_reason(notice.data)
+            for pid in (live.resident, live.clerk, *sorted(live.monitors)):
+                await self._send(pid, "session.ended", {"session_id": live.id,
+                                                        "reason": reason})
+        view = ticket_view(ticket)
+        holder = notice.clerk_id or ticket.clerk_id
+        watchers = [owner] if owner is not None else []
+        if holder is not None:
+            watchers.append(f"clerk:{holder}")
+        for watcher in watchers:
+            # Several notices of one command read the same (latest) ticket: send it once.
+            if self._last_view.get((watcher, ticket.id)) != view:
+                self._last_view[(watcher, ticket.id)] = view
+                await self._send(watcher, "ticket.update", {"ticket": view})
+        if ticket.state == TicketState.IN_SESSION and ticket.clerk_id is not None:
+            live = self._open_session(ticket, f"clerk:{ticket.clerk_id}")
+            if live.id not in self._announced:
+                self._announced.add(live.id)
                 for pid in (live.resident, live.clerk):
                     viewer = self.participants.get(pid)
                     if viewer is not None:
                         await self._send(pid, "session.started",
                                          {"session": await self._session_view(live, viewer)})
-        elif live is not None:
-            self.sessions.close(ticket.id)
-            reason = _end_reason(notice.data)
-            for pid in (live.resident, live.clerk, *sorted(live.monitors)):
-                await self._send(pid, "session.ended", {"session_id": live.id,
-                                                        "reason": reason})
-        view = {"ticket": ticket_view(ticket)}
-        if owner is not None:
-            await self._send(owner, "ticket.update", view)
-        holder = notice.clerk_id or ticket.clerk_id
-        if holder is not None:
-            await self._send(f"clerk:{holder}", "ticket.update", view)
         if ticket.is_final:
+            for key in [k for k in self._last_view if k[1] == ticket.id]:
+                del self._last_view[key]
             self._ticket_owner.pop(ticket.id, None)
             self._sent_position.pop(ticket.id, None)
             if owner is not None:
