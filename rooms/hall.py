@@ -631,6 +631,12 @@ class Hall:
             ticket.widened = False
             ticket.told_next = False
             ticket.published_position = None  # a new queue: a new count, same wait credit
+            # A transfer is a new request: earlier declines do not hold against it. Both sides
+            # of each cooldown are cleared, so routing from either side agrees.
+            for skipped_id in list(ticket.skip_clerks):
+                skipper = await self.store.get_clerk(skipped_id)
+                if skipper is not None and skipper.skipped.pop(ticket.id, None) is not None:
+                    await self._save_clerk(skipper, step.now)
             ticket.skip_clerks = {}
             await self.queues.enqueue(ticket)
             await self._arm_ticket_timers(ticket, step.now)

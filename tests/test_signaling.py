@@ -313,3 +313,43 @@ async def test_kiosk_takes_ticket_for_anonymous_resident() -> None:
         assert took["ticket"]["channel"] == "kiosk"
         ticket = await hall.app[keys.HALL].get_ticket(took["ticket"]["id"])
         assert ticket.service_point_id == "XH-001"
+
+
+async def test_decline_transfer_callback_and_breaks_over_the_protocol() -> None:
+    """Decline passes the offer on; transfer keeps the resident; callbacks and breaks work."""
+    async with live_hall() as hall, clients(4) as (c1, c2, resident, caller):
+        await _clerk(hall, c1, "clerk01")
+        await _clerk(hall, c2, "clerk02")
+        await _resident(hall, resident)
+        took = await resident.call("ticket.take", {"matter_id": MATTER})
+        first = await c1.next("offer.new") if took["ticket"]["clerk_id"] == "clerk01" \
+            else await c2.next("offer.new")
+        holder, other = (c1, c2) if took["ticket"]["clerk_id"] == "clerk01" else (c2, c1)
+        declined = await holder.call("offer.decline", {"ticket_id": first["ticket_id"]})
+        assert declined["ok"]
+        assert (await holder.next("offer.withdrawn"))["reason"] == "declined"
+        second = await other.next("offer.new")
+        assert second["ticket_id"] == first["ticket_id"]
+        await other.call("offer.accept", {"ticket_id": second["ticket_id"]})
+        await resident.next("session.started")
+        brk = await holder.call("clerk.break", {"reason": "午休"})
+        assert brk["clerk"]["state"] == "on_break"
+        moved = await other.call("session.transfer", {"session_id": second["ticket_id"],
+                                                      "to_matter": "unemployment_benefit",
+                                                      "allow_wait": True, "note": "转失业金"})
+        assert moved["ticket"]["state"] == "transferred"
+        assert (await resident.next("session.ended"))["reason"] == "transfer"
+        again = await holder.call("clerk.available", {})
+        assert again["ok"]
+        assert (await holder.next("offer.new"))["ticket_id"] == second["ticket_id"]
+        extend = await other.call("wrapup.extend", {"seconds": 30})
+        assert extend["ok"] and extend["clerk"]["state"] == "wrap_up"
+        finished = await other.call("wrapup.finish", {})  # the transfer set its outcome
+        assert finished["ok"] and finished["clerk"]["state"] in ("available", "offered")
+        await caller.connect(hall.url, {"id_token": await hall.resident_id_token("cb")})
+        await caller.next("welcome")
+        waiting = await caller.call("ticket.take", {"matter_id": "elderly_care_subsidy",
+                                                    "when_unstaffed": "wait"})
+        callback = await caller.call("ticket.callback", {"ticket_id": waiting["ticket"]["id"],
+                                                         "contact": "13800000000"})
+        assert callback["ticket"]["callback"] is True
