@@ -615,3 +615,20 @@ async def test_on_break_clerk_is_not_counted_on_duty() -> None:
     snapshot = await rig.hall.snapshot()
     residence = next(m for m in snapshot["matters"] if m["id"] == "residence")
     assert residence["on_duty"] == 0
+
+
+async def test_transfer_lifts_earlier_decline_cooldowns_on_both_sides() -> None:
+    """A clerk who declined a ticket may be offered it again once it is transferred."""
+    rig = await make_rig(QueuePolicy(decline_cooldown_s=600))
+    await rig.hall.login("c2")
+    ticket = await rig.hall.join("residence")
+    await rig.hall.decline("c2", ticket.id)  # c2 skips this ticket for 600 s
+    await rig.hall.login("c1")  # takes it instead
+    await rig.hall.accept("c1", ticket.id)
+    assert ticket.id in (await rig.hall.get_clerk("c2")).skipped
+    await rig.hall.set_break("c2", "meeting")
+    moved = await rig.hall.transfer("c1", ticket.id, to_matter="employment", allow_wait=True)
+    assert moved.skip_clerks == {}
+    assert ticket.id not in (await rig.hall.get_clerk("c2")).skipped
+    clerk = await rig.hall.set_available("c2")
+    assert clerk.ticket_id == ticket.id
