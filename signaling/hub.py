@@ -170,6 +170,7 @@ class SignalingHub:
             "wrapup.extend": self._wrapup_extend,
             "rtc.signal": self._rtc_signal,
             "media.screen": self._media_screen,
+            "chat.send": self._chat_send,
             "monitor.join": self._monitor_join,
             "monitor.leave": self._monitor_leave,
             "wall.snapshot": self._wall_snapshot,
@@ -522,6 +523,17 @@ class SignalingHub:
             await self._send(monitor, "media.screen", message)
         return p.ok()
 
+    async def _chat_send(self, participant: Participant, req: Any) -> dict[str, Any]:
+        """Text chat: kept with the session and delivered like every numbered message, so a
+        participant who was away gets it in the replay."""
+        live = self._session_of(participant, req.session_id)
+        message = {"id": secrets.token_urlsafe(8), "from_role": participant.principal.role.value,
+                   "name": participant.principal.name, "text": req.text, "at": time.time()}
+        live.add_chat(message)
+        for target in (live.peer_of(participant.id), *sorted(live.monitors)):
+            await self._send(target, "chat.message", {"session_id": live.id, "message": message})
+        return p.ok(message=message)
+
     async def _monitor_join(self, participant: Participant, req: Any) -> dict[str, Any]:
         live = self.sessions.get(req.session_id)
         await self.hall.record_monitor(live.id, participant.principal.subject, joined=True)
@@ -572,6 +584,7 @@ class SignalingHub:
             "polite": not is_clerk,
             "ice_servers": self._ice(viewer.id),
         }
+        view["chat"] = list(live.chat)
         if is_clerk:
             view["monitors"] = sorted(live.monitors)
         return view

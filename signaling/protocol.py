@@ -106,6 +106,15 @@ class RtcSignal(Payload):
     candidate: Candidate | None = None  # explicit null = end of candidates
 
 
+MAX_CHAT_CHARS = 1000
+
+
+class ChatSend(Payload):
+    session_id: Id
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                           max_length=MAX_CHAT_CHARS)]
+
+
 class MediaScreen(Payload):
     session_id: Id
     active: bool
@@ -144,6 +153,7 @@ EVENTS: dict[str, EventSpec] = {
     "wrapup.extend": EventSpec(WrapupExtend, CLERKS),
     "rtc.signal": EventSpec(RtcSignal, frozenset({*IN_SESSION, Role.SUPERVISOR})),
     "media.screen": EventSpec(MediaScreen, IN_SESSION),
+    "chat.send": EventSpec(ChatSend, IN_SESSION),
     "monitor.join": EventSpec(SessionRef, SUPERVISORS),
     "monitor.leave": EventSpec(SessionRef, SUPERVISORS),
     "wall.snapshot": EventSpec(Empty, SUPERVISORS),

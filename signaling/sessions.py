@@ -8,6 +8,7 @@ the clerk, and the resident is never told about them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rooms.errors import ForbiddenError, NotFoundError
 
@@ -18,6 +19,11 @@ class MediaSession:
     resident: str  # participant ids
     clerk: str
     monitors: set[str] = field(default_factory=set)
+    chat: list[dict[str, Any]] = field(default_factory=list)  # oldest first, capped
+
+    def add_chat(self, message: dict[str, Any], limit: int = 500) -> None:
+        self.chat.append(message)
+        del self.chat[:-limit]
 
     def peer_of(self, participant_id: str) -> str:
         if participant_id == self.resident:

@@ -353,3 +353,29 @@ async def test_decline_transfer_callback_and_breaks_over_the_protocol() -> None:
         callback = await caller.call("ticket.callback", {"ticket_id": waiting["ticket"]["id"],
                                                          "contact": "13800000000"})
         assert callback["ticket"]["callback"] is True
+
+
+async def test_chat_reaches_the_peer_is_limited_and_replayed_after_resume() -> None:
+    """Chat goes to the other side only, refuses empty or too long text, survives a drop."""
+    async with live_hall() as hall, clients(3) as (clerk, resident, back):
+        session_id = await _in_session(hall, clerk, resident)
+        sent = await resident.call("chat.send", {"session_id": session_id,
+                                                 "text": "  请问需要带户口本吗？ "})
+        assert sent["ok"] and sent["message"]["text"] == "请问需要带户口本吗？"
+        got = await clerk.next("chat.message")
+        assert got["message"]["from_role"] == "resident" and got["session_id"] == session_id
+        assert "chat.message" not in resident.names()
+        for bad in ("", "   ", "字" * 1001):
+            refused = await resident.call("chat.send", {"session_id": session_id, "text": bad})
+            assert refused["error"]["code"] == "invalid_payload"
+        resume_token = resident.welcome["resume_token"]  # type: ignore[attr-defined]
+        last_seq = max(d["seq"] for _, d in resident.events if isinstance(d, dict) and "seq" in d)
+        await resident.sio.eio.disconnect(abort=True)
+        await clerk.next("session.peer", lambda d: d["state"] == "reconnecting")
+        await clerk.call("chat.send", {"session_id": session_id, "text": "需要，请带原件"})
+        await back.connect(hall.url, {"resume": resume_token, "last_seq": last_seq})
+        welcome = await back.next("welcome")
+        assert [m["text"] for m in welcome["session"]["chat"]] == ["请问需要带户口本吗？",
+                                                                   "需要，请带原件"]
+        replayed = await back.next("chat.message")
+        assert replayed["message"]["text"] == "需要，请带原件"
