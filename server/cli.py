@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import getpass
 import importlib
 import logging
 import sys
@@ -22,6 +23,7 @@ from rooms.records import RecordsDB
 from server import keys
 from server.app import create_app
 from server.config import Settings
+from signaling.accounts import hash_password
 
 log = logging.getLogger("hall")
 
@@ -64,6 +66,12 @@ def _build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="records database tools")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="create or migrate the records database schema")
+
+    commands.add_parser(
+        "hash-password",
+        help="read a password or kiosk secret on stdin, print its argon2id hash "
+        "(for HALL_ACCOUNTS_FILE and HALL_KIOSK_SECRETS_FILE)",
+    )
     return parser
 
 
@@ -74,10 +82,24 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "catalog":
             return _catalog_check(args.file)
+        if args.command == "hash-password":
+            return _hash_password()
         return _db_upgrade()
     except HallError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+
+
+def _hash_password() -> int:
+    # From stdin, not argv: a password on the command line ends up in shell history and ps.
+    if sys.stdin.isatty():
+        secret = getpass.getpass("password: ")
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        raise HallError("an empty password cannot be hashed", code="invalid_input")
+    print(hash_password(secret))
+    return 0
 
 
 def _configure_logging(level: str) -> None:

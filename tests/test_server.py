@@ -410,3 +410,27 @@ async def test_nothing_external_is_loaded(
     """The landing page references no external host (no CDN: kiosks may be offline)."""
     html = await (await client.get("/")).text()
     assert "http://" not in html and "https://" not in html and "//cdn" not in html
+
+
+def test_hash_password_prints_a_hash_that_logs_in(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`hall hash-password` reads stdin and prints an argon2id hash an accounts file accepts."""
+    import io
+
+    from rooms.catalog import load_catalog
+    from signaling.accounts import AccountBook
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pass\n"))
+    assert main(["hash-password"]) == 0
+    digest = capsys.readouterr().out.strip()
+    assert digest.startswith("$argon2id$")
+    accounts = tmp_path / "accounts.toml"
+    accounts.write_text(
+        f'[[accounts]]\nusername = "clerk01"\nrole = "clerk"\npassword_hash = "{digest}"\n',
+        encoding="utf-8",
+    )
+    book = AccountBook.from_file(accounts, load_catalog())
+    assert book.verify("clerk01", "s3cret-pass").subject == "clerk01"
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert main(["hash-password"]) == 1
