@@ -42,6 +42,8 @@ class EventKind(StrEnum):
     # supervision
     MONITOR_JOIN = "monitor_join"        # a supervisor silently joined a session (data: supervisor)
     MONITOR_LEAVE = "monitor_leave"
+    # the resident's verdict
+    SESSION_RATING = "session_rating"    # data: score (1-5), comment
 
 
 @dataclass(frozen=True, slots=True)

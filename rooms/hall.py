@@ -46,6 +46,7 @@ Subscriber = Callable[[Sequence[Notice]], None]
 _TICKET_TIMERS = ("offer", "grace", "widen", "retry", "maxwait")
 _MAX_BREAK_REASON = 100
 _MAX_CONTACT = 100
+_MAX_RATING_COMMENT = 500
 
 
 class Unstaffed(StrEnum):
@@ -715,6 +716,24 @@ class Hall:
                 })
             return {"at": now, "matters": matters, "clerks": clerks,
                     "active_tickets": len(await self.store.active_ticket_ids())}
+
+    async def rate(self, ticket_id: str, score: int, comment: str | None = None) -> Ticket:
+        """The resident rates a session that reached a clerk: once, 1 to 5, optional comment."""
+        if not 1 <= score <= 5:
+            raise ValidationError("a rating is a whole number from 1 to 5")
+        text = (comment or "").strip() or None
+        if text is not None and len(text) > _MAX_RATING_COMMENT:
+            raise ValidationError(f"a comment is at most {_MAX_RATING_COMMENT} characters")
+        async with self._step() as step:
+            ticket = await self._ticket(ticket_id)
+            ticket.check("rate", TicketState.WRAP_UP, TicketState.DONE)
+            if ticket.rating is not None:
+                raise InvalidStateError(f"ticket {ticket.number} has already been rated")
+            ticket.rating = score
+            await self._save_ticket(ticket, step.now)
+            self._event(step, EventKind.SESSION_RATING, ticket, None, score=score,
+                        comment=text, clerk=ticket.clerk_id)
+            return ticket
 
     async def record_monitor(self, ticket_id: str, supervisor_id: str, *, joined: bool) -> Ticket:
         """Log a supervisor silently joining (or leaving) a live session."""

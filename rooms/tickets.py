@@ -111,6 +111,7 @@ class Ticket:
     disconnected_at: float | None = None
     outcome: str | None = None
     outcome_reason: str | None = None
+    rating: int | None = None  # the resident's 1-5 after the session, once
     ended_at: float | None = None
     state_since: float = 0.0
 

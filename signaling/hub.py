@@ -171,6 +171,7 @@ class SignalingHub:
             "rtc.signal": self._rtc_signal,
             "media.screen": self._media_screen,
             "chat.send": self._chat_send,
+            "session.rate": self._session_rate,
             "monitor.join": self._monitor_join,
             "monitor.leave": self._monitor_leave,
             "wall.snapshot": self._wall_snapshot,
@@ -408,7 +409,7 @@ class SignalingHub:
             when_unstaffed=Unstaffed(req.when_unstaffed),
             callback_contact=req.callback_contact,
         )
-        participant.ticket_id = ticket.id
+        participant.ticket_id = participant.last_ticket_id = ticket.id
         self._ticket_owner[ticket.id] = participant.id
         return p.ok(ticket=ticket_view(ticket))
 
@@ -522,6 +523,12 @@ class SignalingHub:
         for monitor in sorted(live.monitors):
             await self._send(monitor, "media.screen", message)
         return p.ok()
+
+    async def _session_rate(self, participant: Participant, req: Any) -> dict[str, Any]:
+        if req.ticket_id not in (participant.ticket_id, participant.last_ticket_id):
+            raise ForbiddenError("not your ticket")
+        ticket = await self.hall.rate(req.ticket_id, req.score, req.comment)
+        return p.ok(ticket=ticket_view(ticket))
 
     async def _chat_send(self, participant: Participant, req: Any) -> dict[str, Any]:
         """Text chat: kept with the session and delivered like every numbered message, so a

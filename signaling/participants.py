@@ -40,6 +40,7 @@ class Participant:
     resume_digest: str | None = None
     away_since: float | None = None
     ticket_id: str | None = None  # residents and kiosks: the ticket they hold
+    last_ticket_id: str | None = None  # kept after the ticket ends: it may still be rated
     # False from attach until welcome and replay are out: messages numbered meanwhile wait in
     # the outbox, so nothing overtakes the welcome or the replay.
     greeted: bool = False

@@ -115,6 +115,12 @@ class ChatSend(Payload):
                                            max_length=MAX_CHAT_CHARS)]
 
 
+class SessionRate(Payload):
+    ticket_id: Id
+    score: Annotated[int, Field(ge=1, le=5)]
+    comment: ShortText | None = None
+
+
 class MediaScreen(Payload):
     session_id: Id
     active: bool
@@ -154,6 +160,7 @@ EVENTS: dict[str, EventSpec] = {
     "rtc.signal": EventSpec(RtcSignal, frozenset({*IN_SESSION, Role.SUPERVISOR})),
     "media.screen": EventSpec(MediaScreen, IN_SESSION),
     "chat.send": EventSpec(ChatSend, IN_SESSION),
+    "session.rate": EventSpec(SessionRate, RESIDENTS),
     "monitor.join": EventSpec(SessionRef, SUPERVISORS),
     "monitor.leave": EventSpec(SessionRef, SUPERVISORS),
     "wall.snapshot": EventSpec(Empty, SUPERVISORS),

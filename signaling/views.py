@@ -26,6 +26,7 @@ def ticket_view(ticket: Ticket) -> dict[str, Any]:
         "clerk_id": ticket.clerk_id,
         "transfers": ticket.transfers,
         "outcome": ticket.outcome,
+        "rating": ticket.rating,
     }
 
 

@@ -632,3 +632,22 @@ async def test_transfer_lifts_earlier_decline_cooldowns_on_both_sides() -> None:
     assert ticket.id not in (await rig.hall.get_clerk("c2")).skipped
     clerk = await rig.hall.set_available("c2")
     assert clerk.ticket_id == ticket.id
+
+
+async def test_resident_rates_a_finished_session_once() -> None:
+    """A session that reached a clerk can be rated 1-5 once; the rating is in the log."""
+    rig = await make_rig()
+    waiting = await rig.hall.join("employment", when_unstaffed=WAIT)
+    with pytest.raises(InvalidStateError, match='state "waiting"'):
+        await rig.hall.rate(waiting.id, 5)
+    ticket = await _in_session(rig)
+    await rig.hall.end_session("c1", ticket.id)
+    with pytest.raises(ValidationError):
+        await rig.hall.rate(ticket.id, 6)
+    rated = await rig.hall.rate(ticket.id, 4, "  很耐心  ")
+    assert rated.rating == 4
+    with pytest.raises(InvalidStateError, match="already been rated"):
+        await rig.hall.rate(ticket.id, 5)
+    line = next(e for e in await rig.events() if e.kind == EventKind.SESSION_RATING)
+    assert line.data == {"score": 4, "comment": "很耐心", "clerk": "c1"}
+    assert line.clerk_id == "c1"

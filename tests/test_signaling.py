@@ -379,3 +379,24 @@ async def test_chat_reaches_the_peer_is_limited_and_replayed_after_resume() -> N
                                                                    "需要，请带原件"]
         replayed = await back.next("chat.message")
         assert replayed["message"]["text"] == "需要，请带原件"
+
+
+async def test_resident_rates_own_session_once_after_it_ends() -> None:
+    """Only the resident who held the ticket may rate it, after the session, once."""
+    async with live_hall() as hall, clients(3) as (clerk, resident, other):
+        session_id = await _in_session(hall, clerk, resident)
+        early = await resident.call("session.rate", {"ticket_id": session_id, "score": 5})
+        assert early["error"]["code"] == "invalid_state"
+        await clerk.call("session.end", {"session_id": session_id})
+        await clerk.call("wrapup.finish", {"outcome": "resolved"})
+        await resident.next("ticket.update", lambda d: d["ticket"]["state"] == "done")
+        await _resident(hall, other, "r2")
+        stranger = await other.call("session.rate", {"ticket_id": session_id, "score": 1})
+        assert stranger["error"]["code"] == "forbidden"
+        bad = await resident.call("session.rate", {"ticket_id": session_id, "score": 9})
+        assert bad["error"]["code"] == "invalid_payload"
+        rated = await resident.call("session.rate", {"ticket_id": session_id, "score": 5,
+                                                     "comment": "一次办成，谢谢"})
+        assert rated["ok"] and rated["ticket"]["rating"] == 5
+        again = await resident.call("session.rate", {"ticket_id": session_id, "score": 4})
+        assert again["error"]["code"] == "invalid_state"
