@@ -44,6 +44,10 @@ class EventKind(StrEnum):
     MONITOR_LEAVE = "monitor_leave"
     # the resident's verdict
     SESSION_RATING = "session_rating"    # data: score (1-5), comment
+    # documents shared in a session (rooms.files); ticket_id is the session
+    FILE_UPLOAD = "file_upload"          # data: file_id, by, size, content_type, kind, ...
+    FILE_VIEW = "file_view"              # a file's content was read (data: file_id, by)
+    FILE_DELETE = "file_delete"          # data: file_id, by, reason (deleted | retention)
 
 
 @dataclass(frozen=True, slots=True)
