@@ -94,8 +94,86 @@ async def _upgrade_v1(conn: AsyncConnection) -> None:
     await conn.run_sync(_v1_metadata().create_all, checkfirst=False)
 
 
+def _v2_metadata() -> sa.MetaData:
+    """The 办不成事 case tables and the pre-review records, exactly as version 2 creates them."""
+    metadata = sa.MetaData()
+    sa.Table(
+        "hall_cases",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("number", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("matter_id", sa.String(64), nullable=False),
+        sa.Column("department_id", sa.String(64), nullable=False),
+        sa.Column("source", sa.String(16), nullable=False),
+        sa.Column("reporter", sa.String(64), nullable=True),
+        sa.Column("claim_code", sa.String(16), nullable=True),
+        sa.Column("ticket_id", sa.String(64), nullable=True),
+        sa.Column("description", sa.String(1000), nullable=False),
+        sa.Column("assignee", sa.String(64), nullable=True),
+        sa.Column("deadline", sa.Double, nullable=True),
+        sa.Column("overdue", sa.Boolean, nullable=False),
+        sa.Column("escalated", sa.Boolean, nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+        sa.Column("updated_at", sa.Double, nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.UniqueConstraint("number", name="uq_hall_cases_number"),
+        # NULLs do not collide in a unique constraint (both dialects): only anonymous
+        # reports carry a claim code.
+        sa.UniqueConstraint("claim_code", name="uq_hall_cases_claim_code"),
+        sa.Index("ix_hall_cases_reporter", "reporter"),
+        sa.Index("ix_hall_cases_state_deadline", "state", "deadline"),
+        sa.Index("ix_hall_cases_department_created", "department_id", "created_at"),
+    )
+    sa.Table(
+        "hall_case_steps",
+        metadata,
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column(
+            "case_id",
+            sa.String(64),
+            sa.ForeignKey("hall_cases.id", name="fk_hall_case_steps_case_id"),
+            nullable=False,
+        ),
+        sa.Column("at", sa.Double, nullable=False),
+        sa.Column("actor", sa.String(64), nullable=False),
+        sa.Column("action", sa.String(32), nullable=False),
+        sa.Column("from_state", sa.String(16), nullable=True),
+        sa.Column("to_state", sa.String(16), nullable=False),
+        sa.Column("note", sa.Text, nullable=True),
+        sa.Index("ix_hall_case_steps_case_id", "case_id", "id"),
+    )
+    sa.Table(
+        "hall_prereviews",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("ticket_id", sa.String(64), nullable=True),
+        sa.Column("matter_id", sa.String(64), nullable=False),
+        sa.Column("department_id", sa.String(64), nullable=False),
+        sa.Column("clerk_id", sa.String(64), nullable=True),
+        sa.Column("result", sa.String(32), nullable=False),
+        sa.Column("items", sa.JSON, nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+        sa.Index("ix_hall_prereviews_ticket_id", "ticket_id"),
+        # Reports count pre-reviews per matter / department over a time range.
+        sa.Index("ix_hall_prereviews_matter_created", "matter_id", "created_at"),
+        sa.Index("ix_hall_prereviews_department_created", "department_id", "created_at"),
+    )
+    return metadata
+
+
+async def _upgrade_v2(conn: AsyncConnection) -> None:
+    await conn.run_sync(_v2_metadata().create_all, checkfirst=False)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create hall_events and its report indexes", _upgrade_v1),
+    Migration(2, "create hall_cases, hall_case_steps and hall_prereviews", _upgrade_v2),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

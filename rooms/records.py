@@ -255,6 +255,15 @@ class RecordsDB:
         if engine is not None:
             await engine.dispose()
 
+    @property
+    def engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+        """``(engine, write_engine)`` for other tables of the records database (cases, ...).
+
+        Open write transactions with ``write_engine.begin()``: on SQLite it takes the write
+        lock up front (BEGIN IMMEDIATE). Raises ``records_unavailable`` unless open.
+        """
+        return self._engines()
+
     def _engines(self) -> tuple[AsyncEngine, AsyncEngine]:
         if self._engine is None or self._write_engine is None:
             raise HallError("records database is not open", code="records_unavailable")
