@@ -26,6 +26,8 @@ from aiohttp import web
 from rooms.catalog import ServiceHours, load_catalog
 from rooms.clock import SystemClock
 from rooms.errors import HallError
+from rooms.events import HallEvent
+from rooms.files import FileLimits, LocalBlobStore, MemoryFileIndex, SessionFiles
 from rooms.hall import Hall
 from rooms.memory_store import MemoryStore
 from rooms.records import RecordsDB
@@ -34,6 +36,7 @@ from rooms.runner import HallRunner
 from server import keys
 from server.auth_routes import setup_auth
 from server.config import Settings
+from server.file_routes import setup_file_routes
 from server.routes import setup_routes
 from signaling.hub import HubConfig, SignalingHub
 
@@ -83,8 +86,19 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     )
     hub.sio.attach(app)
     app[keys.HUB] = hub
+
+    async def log_file_event(event: HallEvent) -> None:
+        # The same outbox as the queue's events: the records writer takes them to the DB.
+        await store.outbox_append([event])
+
+    app[keys.FILES] = SessionFiles(
+        LocalBlobStore(settings.data_dir / "files"), MemoryFileIndex(), FileLimits(),
+        SystemClock(), on_event=log_file_event,
+    )
+    setup_file_routes(app)
     app.cleanup_ctx.extend(
-        [_store_ctx, _records_ctx, _writer_ctx, _hall_ctx, _runner_ctx, _hub_ctx]
+        [_store_ctx, _records_ctx, _writer_ctx, _hall_ctx, _runner_ctx, _hub_ctx,
+         _file_sweep_ctx]
     )
     setup_routes(app)
     return app
@@ -162,3 +176,25 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.start()
     yield
     await hub.close()
+
+
+async def _file_sweep_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Delete shared files past their retention period (personal data), hourly."""
+
+    async def sweep_forever() -> None:
+        while True:
+            try:
+                removed = await app[keys.FILES].sweep()
+                if removed:
+                    log.info("files: %d past retention deleted", removed)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("files: retention sweep failed; retrying in an hour")
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(sweep_forever(), name="file-sweep")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

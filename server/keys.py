@@ -12,6 +12,7 @@ import jinja2
 from aiohttp import web
 
 from rooms.catalog import Catalog
+from rooms.files import SessionFiles
 from rooms.hall import Hall
 from rooms.records import RecordsDB
 from rooms.records_writer import RecordsWriter
@@ -46,3 +47,5 @@ DEV_SIGNER = web.AppKey[DevIdentitySigner | None]("dev_signer")
 THROTTLE = web.AppKey("throttle", FailureThrottle)
 # The Socket.IO hub (signaling); attached to the app when it is created.
 HUB = web.AppKey[SignalingHub]("hub")
+# A ticket's shared files (uploads and snapshots).
+FILES = web.AppKey("files", SessionFiles)

@@ -27,6 +27,7 @@ from rooms.tickets import Channel, PriorityReason, Ticket, TicketState
 from signaling import protocol as p
 from signaling.identity import (
     AppIdentityVerifier,
+    Principal,
     Role,
     TokenService,
     ice_servers,
@@ -595,6 +596,38 @@ class SignalingHub:
         if is_clerk:
             view["monitors"] = sorted(live.monitors)
         return view
+
+    # ------------------------------------------------------------------ session files
+    async def check_file_access(self, principal: Principal, ticket_id: str) -> None:
+        """Who may list, upload or download a ticket's files: the resident (or kiosk) who
+        took it, the clerk it is offered to or held by, and supervisors. ForbiddenError else."""
+        ticket = await self.hall.get_ticket(ticket_id)
+        if principal.role == Role.SUPERVISOR:
+            return
+        if principal.role == Role.CLERK:
+            if ticket.clerk_id == principal.subject and not ticket.is_final:
+                return
+        elif self._ticket_owner.get(ticket_id) == principal.participant_id:
+            return
+        else:
+            participant = self.participants.get(principal.participant_id)
+            if participant is not None and ticket_id in (participant.ticket_id,
+                                                         participant.last_ticket_id):
+                return
+        raise ForbiddenError("not a participant of this ticket's session")
+
+    async def announce_file(self, ticket_id: str, file: dict[str, Any]) -> None:
+        """Tell the other side (and monitors) that a file was added to the ticket."""
+        ticket = await self.hall.get_ticket(ticket_id)
+        targets = [pid for pid in (self._ticket_owner.get(ticket_id),
+                                   f"clerk:{ticket.clerk_id}" if ticket.clerk_id else None)
+                   if pid is not None]
+        live = self.sessions.find(ticket_id)
+        if live is not None:
+            targets += sorted(live.monitors)
+        for pid in targets:
+            if pid != file.get("uploaded_by"):  # the uploader has the HTTP answer
+                await self._send(pid, "file.added", {"ticket_id": ticket_id, "file": file})
 
     # ------------------------------------------------------------------ sending
     async def _send(self, participant_id: str, event: str, payload: dict[str, Any]) -> None:

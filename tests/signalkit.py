@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -59,7 +61,9 @@ class LiveHall:
 @asynccontextmanager
 async def live_hall(env: Mapping[str, str] | None = None) -> AsyncIterator[LiveHall]:
     port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="hall-test-")
     settings = Settings.from_env({
+        "HALL_DATA_DIR": data_dir,
         "HALL_DEMO_PASSWORD": PASSWORD,
         "HALL_DATABASE_URL": "sqlite+aiosqlite:///:memory:",
         "HALL_PORT": str(port),
@@ -74,6 +78,7 @@ async def live_hall(env: Mapping[str, str] | None = None) -> AsyncIterator[LiveH
         yield LiveHall(f"http://127.0.0.1:{port}", app)
     finally:
         await runner.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @dataclass

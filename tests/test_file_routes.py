@@ -1,0 +1,123 @@
+"""Shared files over HTTP on a real server: upload, rights, refusals, download headers."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import aiohttp
+
+from rooms.events import EventKind
+from server import keys
+from tests.signalkit import LiveHall, clients, live_hall
+
+MATTER = "flexible_employment_registration"
+
+
+def _png() -> bytes:
+    """A real 1x1 PNG."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\x00\x00")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+async def _upload(hall: LiveHall, token: str, ticket_id: str, name: str, content: bytes,
+                  content_type: str = "image/png") -> tuple[int, dict[str, Any]]:
+    form = aiohttp.FormData(quote_fields=False)  # as browsers send it: raw UTF-8 names
+    form.add_field("file", content, filename=name, content_type=content_type)
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{hall.url}/api/tickets/{ticket_id}/files", data=form,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as response:
+        return response.status, await response.json()
+
+
+async def test_upload_while_waiting_then_clerk_downloads_as_attachment() -> None:
+    """A waiting resident uploads; the clerk is told on accept-time and downloads it safely."""
+    async with live_hall() as hall, clients(2) as (resident, clerk):
+        token = await hall.resident_id_token("r1")
+        await resident.connect(hall.url, {"id_token": token})
+        await resident.next("welcome")
+        took = await resident.call("ticket.take", {"matter_id": MATTER,
+                                                   "when_unstaffed": "wait"})
+        ticket_id = took["ticket"]["id"]
+        status, body = await _upload(hall, token, ticket_id, "../../身份证 正面.png", _png(),
+                                     content_type="text/html")
+        assert status == 201, body
+        assert body["file"]["filename"] == "身份证 正面.png"
+        assert body["file"]["content_type"] == "image/png"
+        clerk_token = await hall.clerk_token()
+        await clerk.connect(hall.url, {"token": clerk_token})
+        offer = await clerk.next("offer.new")
+        assert offer["ticket_id"] == ticket_id
+        async with aiohttp.ClientSession() as http:
+            listing = await (await http.get(
+                f"{hall.url}/api/tickets/{ticket_id}/files",
+                headers={"Authorization": f"Bearer {clerk_token}"})).json()
+            assert [f["filename"] for f in listing["files"]] == ["身份证 正面.png"]
+            file_id = listing["files"][0]["id"]
+            async with http.get(f"{hall.url}/api/tickets/{ticket_id}/files/{file_id}",
+                                headers={"Authorization": f"Bearer {clerk_token}"}) as r:
+                assert r.status == 200
+                assert r.headers["X-Content-Type-Options"] == "nosniff"
+                assert r.headers["Content-Disposition"].startswith("attachment;")
+                assert r.headers["Content-Type"] == "image/png"
+                assert await r.read() == _png()
+        await clerk.call("offer.accept", {"ticket_id": ticket_id})
+        status, _ = await _upload(hall, clerk_token, ticket_id, "snap.png", _png())
+        assert status == 201
+        added = await resident.next("file.added")
+        assert added["file"]["uploaded_by"] == "clerk:clerk01"
+        kinds = [e.kind for e in await hall.app[keys.STORE].outbox_peek(10_000)]
+        records = [e.kind for e in await hall.app[keys.RECORDS].events(limit=10_000)]
+        assert (kinds + records).count(EventKind.FILE_UPLOAD) == 2
+        assert EventKind.FILE_VIEW in kinds + records
+
+
+async def test_refused_files_and_strangers_get_clear_codes() -> None:
+    """Wrong content, empty files, no token and other residents are refused distinctly."""
+    async with live_hall() as hall, clients(1) as (resident,):
+        token = await hall.resident_id_token("r1")
+        await resident.connect(hall.url, {"id_token": token})
+        await resident.next("welcome")
+        took = await resident.call("ticket.take", {"matter_id": MATTER,
+                                                   "when_unstaffed": "wait"})
+        ticket_id = took["ticket"]["id"]
+        status, body = await _upload(hall, token, ticket_id, "x.jpg",
+                                     b"<html><script>alert(1)</script></html>", "image/jpeg")
+        assert (status, body["error"]["code"]) == (415, "file_type_refused")
+        status, body = await _upload(hall, token, ticket_id, "x.png", b"")
+        assert body["error"]["code"] == "file_empty"
+        stranger = await hall.resident_id_token("r2")
+        status, body = await _upload(hall, stranger, ticket_id, "x.png", _png())
+        assert (status, body["error"]["code"]) == (403, "forbidden")
+        status, body = await _upload(hall, "garbage", ticket_id, "x.png", _png())
+        assert (status, body["error"]["code"]) == (401, "unauthenticated")
+        async with aiohttp.ClientSession() as http:
+            r = await http.get(f"{hall.url}/api/tickets/{ticket_id}/files/nope",
+                               headers={"Authorization": f"Bearer {token}"})
+            assert r.status == 404
+        assert await hall.app[keys.FILES].list(ticket_id) == []
+
+
+async def test_oversized_upload_is_refused_and_nothing_is_kept() -> None:
+    """A file over the per-file cap is refused with 413 and leaves nothing behind."""
+    async with live_hall() as hall, clients(1) as (resident,):
+        token = await hall.resident_id_token("r1")
+        await resident.connect(hall.url, {"id_token": token})
+        await resident.next("welcome")
+        took = await resident.call("ticket.take", {"matter_id": MATTER,
+                                                   "when_unstaffed": "wait"})
+        ticket_id = took["ticket"]["id"]
+        limit = hall.app[keys.FILES].limits.max_file_bytes
+        big = _png() + b"\x00" * limit
+        status, body = await _upload(hall, token, ticket_id, "big.png", big)
+        assert (status, body["error"]["code"]) == (413, "file_too_large")
+        assert await hall.app[keys.FILES].list(ticket_id) == []
