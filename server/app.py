@@ -30,6 +30,7 @@ from rooms.events import HallEvent
 from rooms.files import FileLimits, LocalBlobStore, MemoryFileIndex, SessionFiles
 from rooms.hall import Hall
 from rooms.memory_store import MemoryStore
+from rooms.prereview_book import PreReviewBook
 from rooms.records import RecordsDB
 from rooms.records_writer import RecordsWriter
 from rooms.runner import HallRunner
@@ -37,6 +38,7 @@ from server import keys
 from server.auth_routes import setup_auth
 from server.config import Settings
 from server.file_routes import setup_file_routes
+from server.prereview_routes import correction_list
 from server.routes import setup_routes
 from signaling.hub import HubConfig, SignalingHub
 
@@ -66,6 +68,8 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     )
     setup_auth(app, settings, catalog, demo=demo, demo_password=app[keys.DEMO_PASSWORD])
     store = MemoryStore()
+    records = RecordsDB(settings.database_url)
+    app[keys.RECORDS] = records
     hall = Hall(catalog, store, clock=SystemClock(), policy=settings.policy())
     app[keys.STORE] = store
     app[keys.HALL] = hall
@@ -83,6 +87,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
             turn_secret=settings.turn_secret,
             turn_ttl_s=settings.turn_ttl_s,
         ),
+        prereviews=PreReviewBook(records),
     )
     hub.sio.attach(app)
     app[keys.HUB] = hub
@@ -96,6 +101,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         SystemClock(), on_event=log_file_event,
     )
     setup_file_routes(app)
+    app.router.add_get("/corrections/{review_id}", correction_list)
     app.cleanup_ctx.extend(
         [_store_ctx, _records_ctx, _writer_ctx, _hall_ctx, _runner_ctx, _hub_ctx,
          _file_sweep_ctx]
@@ -119,10 +125,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _records_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
-    db = RecordsDB(settings.database_url)
+    db = app[keys.RECORDS]
     await db.open()
-    app[keys.RECORDS] = db
     yield
     await db.close()
 

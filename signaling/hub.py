@@ -23,6 +23,8 @@ from rooms.catalog import ServiceKind
 from rooms.errors import AuthError, ForbiddenError, HallError, InvalidStateError, ThrottledError
 from rooms.hall import Hall, Unstaffed
 from rooms.notices import Notice, NoticeKind
+from rooms.prereview import PreReview
+from rooms.prereview_book import PreReviewBook
 from rooms.tickets import Channel, PriorityReason, Ticket, TicketState
 from signaling import protocol as p
 from signaling.identity import (
@@ -123,8 +125,11 @@ class SignalingHub:
         app_identity: AppIdentityVerifier | None,
         throttle: FailureThrottle,
         config: HubConfig | None = None,
+        prereviews: PreReviewBook | None = None,
     ) -> None:
         self.hall = hall
+        self.prereview_book = prereviews
+        self._prereviews: dict[str, PreReview] = {}  # session id -> pre-review under way
         self.tokens = tokens
         self.app_identity = app_identity
         self.throttle = throttle
@@ -173,6 +178,9 @@ class SignalingHub:
             "media.screen": self._media_screen,
             "chat.send": self._chat_send,
             "session.rate": self._session_rate,
+            "prereview.start": self._prereview_start,
+            "prereview.mark": self._prereview_mark,
+            "prereview.finish": self._prereview_finish,
             "monitor.join": self._monitor_join,
             "monitor.leave": self._monitor_leave,
             "wall.snapshot": self._wall_snapshot,
@@ -530,6 +538,65 @@ class SignalingHub:
             raise ForbiddenError("not your ticket")
         ticket = await self.hall.rate(req.ticket_id, req.score, req.comment)
         return p.ok(ticket=ticket_view(ticket))
+
+    # -- pre-review (预审) -------------------------------------------------------------------
+    def prereview_book_required(self) -> PreReviewBook:
+        if self.prereview_book is None:
+            raise HallError("pre-review records are not configured", code="internal_error")
+        return self.prereview_book
+
+    def _clerks_session(self, participant: Participant, session_id: str) -> MediaSession:
+        live = self._session_of(participant, session_id)
+        if participant.id != live.clerk:
+            raise ForbiddenError("only the session's clerk pre-reviews")
+        return live
+
+    def _review(self, session_id: str) -> PreReview:
+        review = self._prereviews.get(session_id)
+        if review is None:
+            raise InvalidStateError(f"no pre-review under way in session {session_id}")
+        return review
+
+    async def _prereview_start(self, participant: Participant, req: Any) -> dict[str, Any]:
+        live = self._clerks_session(participant, req.session_id)
+        review = self._prereviews.get(live.id)
+        if review is None:  # starting twice returns the one under way
+            ticket = await self.hall.get_ticket(live.id)
+            matter = self.hall.catalog.matters[ticket.matter_id]
+            review = PreReview(live.id, matter, participant.principal.subject, time.time())
+            self._prereviews[live.id] = review
+        await self._send(live.resident, "prereview.update",
+                         {"session_id": live.id, "prereview": review.to_dict()})
+        return p.ok(prereview=review.to_dict())
+
+    async def _prereview_mark(self, participant: Participant, req: Any) -> dict[str, Any]:
+        live = self._clerks_session(participant, req.session_id)
+        review = self._review(live.id)
+        review.mark(req.material_id, req.mark, req.note, req.file_ids, now=time.time())
+        await self._send(live.resident, "prereview.update",
+                         {"session_id": live.id, "prereview": review.to_dict()})
+        return p.ok(prereview=review.to_dict())
+
+    async def _prereview_finish(self, participant: Participant, req: Any) -> dict[str, Any]:
+        live = self._clerks_session(participant, req.session_id)
+        review = self._review(live.id)
+        book = self.prereview_book_required()
+        result = review.finish(time.time())
+        ticket = await self.hall.get_ticket(live.id)
+        review_id = await book.save(review, ticket.department_id)
+        del self._prereviews[live.id]
+        outcome = {
+            "session_id": live.id,
+            "result": result.value,
+            "corrections": [
+                {"material_id": c.material_id, "name": c.name, "action": c.action,
+                 "text": c.text_zh} for c in review.corrections()
+            ],
+            "url": f"/corrections/{review_id}",
+        }
+        await self._send(live.resident, "prereview.result", outcome)
+        return p.ok(prereview=review.to_dict(), **{k: v for k, v in outcome.items()
+                                                   if k != "session_id"})
 
     async def _chat_send(self, participant: Participant, req: Any) -> dict[str, Any]:
         """Text chat: kept with the session and delivered like every numbered message, so a

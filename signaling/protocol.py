@@ -121,6 +121,14 @@ class SessionRate(Payload):
     comment: ShortText | None = None
 
 
+class PrereviewMark(Payload):
+    session_id: Id
+    material_id: Id
+    mark: Literal["pending", "received", "acceptable", "needs_correction", "missing"]
+    note: Annotated[str, StringConstraints(max_length=300)] | None = None
+    file_ids: Annotated[list[Id], Field(max_length=20)] | None = None
+
+
 class MediaScreen(Payload):
     session_id: Id
     active: bool
@@ -161,6 +169,9 @@ EVENTS: dict[str, EventSpec] = {
     "media.screen": EventSpec(MediaScreen, IN_SESSION),
     "chat.send": EventSpec(ChatSend, IN_SESSION),
     "session.rate": EventSpec(SessionRate, RESIDENTS),
+    "prereview.start": EventSpec(SessionRef, CLERKS),
+    "prereview.mark": EventSpec(PrereviewMark, CLERKS),
+    "prereview.finish": EventSpec(SessionRef, CLERKS),
     "monitor.join": EventSpec(SessionRef, SUPERVISORS),
     "monitor.leave": EventSpec(SessionRef, SUPERVISORS),
     "wall.snapshot": EventSpec(Empty, SUPERVISORS),

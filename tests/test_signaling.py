@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import time
 
+import aiohttp
 import jwt
 import pytest
 import socketio
@@ -400,3 +401,44 @@ async def test_resident_rates_own_session_once_after_it_ends() -> None:
         assert rated["ok"] and rated["ticket"]["rating"] == 5
         again = await resident.call("session.rate", {"ticket_id": session_id, "score": 4})
         assert again["error"]["code"] == "invalid_state"
+
+
+async def test_prereview_through_the_protocol_ends_in_a_printable_correction_list() -> None:
+    """The clerk marks the checklist; the resident sees it live, gets the result and a link
+    to a printable correction list that only that link opens."""
+    async with live_hall() as hall, clients(2) as (clerk, resident):
+        session_id = await _in_session(hall, clerk, resident)
+        ref = {"session_id": session_id}
+        early = await clerk.call("prereview.mark", {**ref, "material_id": "id_card",
+                                                    "mark": "acceptable"})
+        assert early["error"]["code"] == "invalid_state"
+        assert (await resident.call("prereview.start", ref))["error"]["code"] == "forbidden"
+        started = await clerk.call("prereview.start", ref)
+        assert [i["material_id"] for i in started["prereview"]["items"]][:2] == [
+            "id_card", "flexible_employment_form"]
+        await resident.next("prereview.update")
+        for material in ("id_card", "social_security_card"):
+            await clerk.call("prereview.mark", {**ref, "material_id": material,
+                                                "mark": "acceptable"})
+        no_note = await clerk.call("prereview.mark", {**ref, "material_id":
+                                                      "flexible_employment_form",
+                                                      "mark": "needs_correction"})
+        assert no_note["error"]["code"] == "invalid_input"
+        assert (await clerk.call("prereview.finish", ref))["error"]["code"] == "invalid_state"
+        await clerk.call("prereview.mark", {**ref, "material_id": "flexible_employment_form",
+                                            "mark": "needs_correction",
+                                            "note": "缺少单位盖章<script>"})
+        finished = await clerk.call("prereview.finish", ref)
+        assert finished["result"] == "passed_with_corrections"
+        result = await resident.next("prereview.result")
+        assert result["corrections"][0]["action"] == "fix"
+        assert "灵活就业登记表" in result["corrections"][0]["text"]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(hall.url + result["url"]) as page:
+                assert page.status == 200
+                assert page.headers["Cache-Control"].startswith("private")
+                html = await page.text()
+            assert "灵活就业登记表" in html and "需补正" in html
+            assert "<script>" not in html
+            async with http.get(hall.url + "/corrections/not-a-real-token-123") as missing:
+                assert missing.status == 404
