@@ -139,6 +139,11 @@ class CaseBook:
         self._db = db
         self._policy = policy
 
+    @property
+    def policy(self) -> CasePolicy:
+        """The deadlines new cases get (and loaded cases are judged by)."""
+        return self._policy
+
     # -- writing ---------------------------------------------------------------------------------
     async def file(self, case: Case) -> None:
         """Store a new case with all its steps; sets ``case.version`` to 1.

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 import jinja2
 from aiohttp import web
 
+from rooms.casebook import CaseBook
 from rooms.catalog import ServiceHours, load_catalog
 from rooms.clock import SystemClock
 from rooms.errors import HallError
@@ -40,6 +41,7 @@ from server.config import Settings
 from server.file_routes import setup_file_routes
 from server.prereview_routes import correction_list
 from server.routes import setup_routes
+from signaling.case_desk import CaseDesk
 from signaling.hub import HubConfig, SignalingHub
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
             turn_ttl_s=settings.turn_ttl_s,
         ),
         prereviews=PreReviewBook(records),
+        cases=CaseDesk(CaseBook(records), hall),
     )
     hub.sio.attach(app)
     app[keys.HUB] = hub
@@ -104,7 +107,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     app.router.add_get("/corrections/{review_id}", correction_list)
     app.cleanup_ctx.extend(
         [_store_ctx, _records_ctx, _writer_ctx, _hall_ctx, _runner_ctx, _hub_ctx,
-         _file_sweep_ctx]
+         _file_sweep_ctx, _case_sweep_ctx]
     )
     setup_routes(app)
     return app
@@ -198,6 +201,27 @@ async def _file_sweep_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(3600)
 
     task = asyncio.create_task(sweep_forever(), name="file-sweep")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _case_sweep_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Apply 办不成事 case deadlines every minute: escalate the overdue, auto-close the
+    resolved that nobody confirmed."""
+
+    async def sweep_forever() -> None:
+        while True:
+            try:
+                await app[keys.HUB].sweep_cases()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cases: sweep failed; retrying in a minute")
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(sweep_forever(), name="case-sweep")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

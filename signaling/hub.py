@@ -27,6 +27,7 @@ from rooms.prereview import PreReview
 from rooms.prereview_book import PreReviewBook
 from rooms.tickets import Channel, PriorityReason, Ticket, TicketState
 from signaling import protocol as p
+from signaling.case_desk import CaseDesk, case_view
 from signaling.identity import (
     AppIdentityVerifier,
     Principal,
@@ -126,8 +127,10 @@ class SignalingHub:
         throttle: FailureThrottle,
         config: HubConfig | None = None,
         prereviews: PreReviewBook | None = None,
+        cases: CaseDesk | None = None,
     ) -> None:
         self.hall = hall
+        self.cases = cases
         self.prereview_book = prereviews
         self._prereviews: dict[str, PreReview] = {}  # session id -> pre-review under way
         self.tokens = tokens
@@ -178,6 +181,11 @@ class SignalingHub:
             "media.screen": self._media_screen,
             "chat.send": self._chat_send,
             "session.rate": self._session_rate,
+            "case.file": self._case_file,
+            "case.mine": self._case_mine,
+            "case.lookup": self._case_lookup,
+            "case.act": self._case_act,
+            "case.overdue": self._case_overdue,
             "prereview.start": self._prereview_start,
             "prereview.mark": self._prereview_mark,
             "prereview.finish": self._prereview_finish,
@@ -539,6 +547,48 @@ class SignalingHub:
         ticket = await self.hall.rate(req.ticket_id, req.score, req.comment)
         return p.ok(ticket=ticket_view(ticket))
 
+    # -- 办不成事 cases ---------------------------------------------------------------------------
+    def _desk(self) -> CaseDesk:
+        if self.cases is None:
+            raise HallError("unresolved-matter cases are not configured", code="internal_error")
+        return self.cases
+
+    async def _case_file(self, participant: Participant, req: Any) -> dict[str, Any]:
+        ticket = None
+        if req.ticket_id is not None:
+            if req.ticket_id not in (participant.ticket_id, participant.last_ticket_id):
+                raise ForbiddenError("not your ticket")
+            ticket = await self.hall.get_ticket(req.ticket_id)
+        case = await self._desk().file(participant.principal, req.matter_id, req.description,
+                                       ticket, time.time())
+        return p.ok(case=case_view(case))
+
+    async def _case_mine(self, participant: Participant, req: Any) -> dict[str, Any]:
+        cases = await self._desk().mine(participant.principal)
+        return p.ok(cases=[case_view(c) for c in cases])
+
+    async def _case_lookup(self, participant: Participant, req: Any) -> dict[str, Any]:
+        return p.ok(case=case_view(await self._desk().book.by_claim(req.claim_code)))
+
+    async def _case_act(self, participant: Participant, req: Any) -> dict[str, Any]:
+        case = await self._desk().act(participant.principal, req.case_id, req.action,
+                                      to=req.to, note=req.note, now=time.time())
+        if case.reporter is not None and case.reporter != participant.id:
+            await self._send(case.reporter, "case.update", {"case": case_view(case)})
+        return p.ok(case=case_view(case))
+
+    async def _case_overdue(self, participant: Participant, req: Any) -> dict[str, Any]:
+        return p.ok(cases=[case_view(c) for c in await self._desk().book.overdue()])
+
+    async def sweep_cases(self, now: float | None = None) -> int:
+        """Apply passed case deadlines; tell every connected supervisor what escalated."""
+        escalated = await self._desk().sweep(time.time() if now is None else now)
+        for case in escalated:
+            for participant in self.participants.all():
+                if participant.principal.role == Role.SUPERVISOR:
+                    await self._send(participant.id, "case.escalated", {"case": case_view(case)})
+        return len(escalated)
+
     # -- pre-review (预审) -------------------------------------------------------------------
     def prereview_book_required(self) -> PreReviewBook:
         if self.prereview_book is None:
@@ -771,6 +821,13 @@ class SignalingHub:
                     if viewer is not None:
                         await self._send(pid, "session.started",
                                          {"session": await self._session_view(live, viewer)})
+        if (ticket.state == TicketState.DONE and ticket.outcome == "unresolved"
+                and self.cases is not None):
+            # 办不成事: a clerk's "could not be completed" files a case for the resident.
+            reporter = owner if owner is not None and owner.startswith("resident:") else None
+            case = await self.cases.file_from_outcome(ticket, reporter, time.time())
+            if owner is not None:
+                await self._send(owner, "case.update", {"case": case_view(case)})
         if ticket.is_final:
             for key in [k for k in self._last_view if k[1] == ticket.id]:
                 del self._last_view[key]

@@ -129,6 +129,24 @@ class PrereviewMark(Payload):
     file_ids: Annotated[list[Id], Field(max_length=20)] | None = None
 
 
+class CaseFile(Payload):
+    matter_id: Id
+    description: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                                  max_length=1000)]
+    ticket_id: Id | None = None  # filed from the end of this session
+
+
+class CaseLookup(Payload):
+    claim_code: Annotated[str, StringConstraints(min_length=4, max_length=32)]
+
+
+class CaseAct(Payload):
+    case_id: Id
+    action: Literal["assign", "start", "resolve", "confirm", "reopen"]
+    to: Id | None = None
+    note: ShortText | None = None
+
+
 class MediaScreen(Payload):
     session_id: Id
     active: bool
@@ -169,6 +187,11 @@ EVENTS: dict[str, EventSpec] = {
     "media.screen": EventSpec(MediaScreen, IN_SESSION),
     "chat.send": EventSpec(ChatSend, IN_SESSION),
     "session.rate": EventSpec(SessionRate, RESIDENTS),
+    "case.file": EventSpec(CaseFile, RESIDENTS),
+    "case.mine": EventSpec(Empty, frozenset({Role.RESIDENT})),
+    "case.lookup": EventSpec(CaseLookup, RESIDENTS),
+    "case.act": EventSpec(CaseAct, frozenset({Role.RESIDENT, Role.CLERK, Role.SUPERVISOR})),
+    "case.overdue": EventSpec(Empty, SUPERVISORS),
     "prereview.start": EventSpec(SessionRef, CLERKS),
     "prereview.mark": EventSpec(PrereviewMark, CLERKS),
     "prereview.finish": EventSpec(SessionRef, CLERKS),
