@@ -441,7 +441,8 @@ class MemoryFileIndex(FileIndex):
         self._refs[stored.digest] += 1
 
     async def list(self, session_id: str) -> builtins.list[StoredFile]:
-        return builtins.list(self._sessions.get(session_id, {}).values())
+        files = self._sessions.get(session_id, {}).values()
+        return sorted(files, key=lambda f: f.uploaded_at)  # stable: ties keep upload order
 
     async def get(self, session_id: str, file_id: str) -> StoredFile | None:
         return self._sessions.get(session_id, {}).get(file_id)

@@ -171,9 +171,36 @@ async def _upgrade_v2(conn: AsyncConnection) -> None:
     await conn.run_sync(_v2_metadata().create_all, checkfirst=False)
 
 
+def _v3_metadata() -> sa.MetaData:
+    # A frozen copy of what version 3 created (see _v1_metadata for why).
+    metadata = sa.MetaData()
+    sa.Table(
+        "hall_files",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("session_id", sa.String(64), nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("content_type", sa.String(64), nullable=False),
+        sa.Column("filename", sa.String(255), nullable=False),
+        sa.Column("uploaded_by", sa.String(128), nullable=False),
+        sa.Column("uploaded_at", sa.Double, nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Index("ix_hall_files_session", "session_id", "uploaded_at"),
+        sa.Index("ix_hall_files_digest", "digest"),
+        sa.Index("ix_hall_files_uploaded_at", "uploaded_at"),
+    )
+    return metadata
+
+
+async def _upgrade_v3(conn: AsyncConnection) -> None:
+    await conn.run_sync(_v3_metadata().create_all, checkfirst=False)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create hall_events and its report indexes", _upgrade_v1),
     Migration(2, "create hall_cases, hall_case_steps and hall_prereviews", _upgrade_v2),
+    Migration(3, "create hall_files (the shared-file index)", _upgrade_v3),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

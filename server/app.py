@@ -28,7 +28,8 @@ from rooms.catalog import ServiceHours, load_catalog
 from rooms.clock import SystemClock
 from rooms.errors import HallError
 from rooms.events import HallEvent
-from rooms.files import FileLimits, LocalBlobStore, MemoryFileIndex, SessionFiles
+from rooms.file_index_db import DatabaseFileIndex
+from rooms.files import FileLimits, LocalBlobStore, SessionFiles
 from rooms.hall import Hall
 from rooms.memory_store import MemoryStore
 from rooms.prereview_book import PreReviewBook
@@ -100,7 +101,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         await store.outbox_append([event])
 
     app[keys.FILES] = SessionFiles(
-        LocalBlobStore(settings.data_dir / "files"), MemoryFileIndex(), FileLimits(),
+        LocalBlobStore(settings.data_dir / "files"), DatabaseFileIndex(records), FileLimits(),
         SystemClock(), on_event=log_file_event,
     )
     setup_file_routes(app)

@@ -15,10 +15,10 @@ from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
 
-from rooms.errors import AuthError, HallError
+from rooms.errors import AuthError, ForbiddenError, HallError
 from rooms.files import FileKind, StoredFile
 from server import keys
-from signaling.identity import Principal
+from signaling.identity import Principal, Role
 
 _STATUS = {
     "unauthenticated": 401,
@@ -38,6 +38,7 @@ def setup_file_routes(app: web.Application) -> None:
     app.router.add_post("/api/tickets/{ticket_id}/files", upload)
     app.router.add_get("/api/tickets/{ticket_id}/files", list_files)
     app.router.add_get("/api/tickets/{ticket_id}/files/{file_id}", download)
+    app.router.add_delete("/api/tickets/{ticket_id}/files/{file_id}", delete)
 
 
 def _error(err: HallError) -> web.Response:
@@ -138,3 +139,17 @@ async def download(request: web.Request) -> web.StreamResponse:
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+async def delete(request: web.Request) -> web.Response:
+    """The uploader (or a supervisor) removes a file; the deletion is logged."""
+    try:
+        principal, ticket_id = await _authorised(request)
+        files = request.app[keys.FILES]
+        stored = await files.get(ticket_id, request.match_info["file_id"])
+        if principal.role != Role.SUPERVISOR and stored.uploaded_by != principal.participant_id:
+            raise ForbiddenError("only the uploader or a supervisor may delete a file")
+        await files.delete(ticket_id, stored.id, principal.participant_id)
+    except HallError as err:
+        return _error(err)
+    return web.json_response({"ok": True})

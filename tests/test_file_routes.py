@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -121,3 +122,44 @@ async def test_oversized_upload_is_refused_and_nothing_is_kept() -> None:
         status, body = await _upload(hall, token, ticket_id, "big.png", big)
         assert (status, body["error"]["code"]) == (413, "file_too_large")
         assert await hall.app[keys.FILES].list(ticket_id) == []
+
+
+async def test_only_uploader_or_supervisor_deletes_and_files_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Deletion is the uploader's (or a supervisor's); stored files outlive the process."""
+    env = {"HALL_DATA_DIR": str(tmp_path),
+           "HALL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/records.sqlite3"}
+    async with live_hall(env) as hall, clients(2) as (resident, clerk):
+        token = await hall.resident_id_token("r1")
+        await resident.connect(hall.url, {"id_token": token})
+        took = await resident.call("ticket.take", {"matter_id": MATTER,
+                                                   "when_unstaffed": "wait"})
+        ticket_id = took["ticket"]["id"]
+        _, first = await _upload(hall, token, ticket_id, "a.png", _png())
+        _, second = await _upload(hall, token, ticket_id, "b.png", _png() + b"\x00")
+        clerk_token = await hall.clerk_token()
+        await clerk.connect(hall.url, {"token": clerk_token})
+        await clerk.next("offer.new")
+        async with aiohttp.ClientSession() as http:
+            url = f"{hall.url}/api/tickets/{ticket_id}/files/{first['file']['id']}"
+            r = await http.delete(url, headers={"Authorization": f"Bearer {clerk_token}"})
+            assert r.status == 403
+            r = await http.delete(url, headers={"Authorization": f"Bearer {token}"})
+            assert r.status == 200
+            r = await http.get(url, headers={"Authorization": f"Bearer {token}"})
+            assert r.status == 404
+        kinds = [e.kind for e in await hall.app[keys.STORE].outbox_peek(10_000)]
+        records = [e.kind for e in await hall.app[keys.RECORDS].events(limit=10_000)]
+        assert EventKind.FILE_DELETE in kinds + records
+    async with live_hall(env) as hall:
+        sup = await hall.clerk_token("supervisor")
+        async with aiohttp.ClientSession() as http:
+            listing = await (await http.get(
+                f"{hall.url}/api/tickets/{ticket_id}/files",
+                headers={"Authorization": f"Bearer {sup}"})).json()
+            assert [f["filename"] for f in listing["files"]] == ["b.png"]
+            r = await http.get(
+                f"{hall.url}/api/tickets/{ticket_id}/files/{second['file']['id']}",
+                headers={"Authorization": f"Bearer {sup}"})
+            assert await r.read() == _png() + b"\x00"
