@@ -3,6 +3,7 @@ unguessable link (shown as a link or QR code at the kiosk)."""
 
 from __future__ import annotations
 
+import segno
 from aiohttp import web
 
 from rooms.errors import HallError
@@ -28,8 +29,10 @@ async def correction_list(request: web.Request) -> web.Response:
         number = (await hall.get_ticket(review.ticket_id)).number
     except HallError:
         number = review.ticket_id  # live state is gone (restart): the id still identifies it
+    # The QR is made here, from our own URL: template_context inserts it unescaped.
+    qr_svg = segno.make(str(request.url), error="m").svg_inline(scale=4, title="扫码查看补正清单")
     context = template_context(review, matter, hall_name=catalog.hall_name,
-                               ticket_number=number, lookup_url=str(request.url))
+                               ticket_number=number, lookup_url=str(request.url), qr_svg=qr_svg)
     html = request.app[keys.TEMPLATES].get_template("correction_list.html").render(**context)
     return web.Response(text=html, content_type="text/html", headers={
         "Cache-Control": "private, no-store",  # personal data

@@ -439,6 +439,7 @@ async def test_prereview_through_the_protocol_ends_in_a_printable_correction_lis
                 assert page.headers["Cache-Control"].startswith("private")
                 html = await page.text()
             assert "灵活就业登记表" in html and "需补正" in html
+            assert "<svg" in html and 'class="segno"' in html  # the QR code to open it again
             assert "<script>" not in html
             async with http.get(hall.url + "/corrections/not-a-real-token-123") as missing:
                 assert missing.status == 404
