@@ -76,6 +76,15 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     hall = Hall(catalog, store, clock=SystemClock(), policy=settings.policy())
     app[keys.STORE] = store
     app[keys.HALL] = hall
+
+    async def log_file_event(event: HallEvent) -> None:
+        # The same outbox as the queue's events: the records writer takes them to the DB.
+        await store.outbox_append([event])
+
+    app[keys.FILES] = SessionFiles(
+        LocalBlobStore(settings.data_dir / "files"), DatabaseFileIndex(records), FileLimits(),
+        SystemClock(), on_event=log_file_event,
+    )
     hub = SignalingHub(
         hall,
         tokens=app[keys.TOKENS],
@@ -92,18 +101,10 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         ),
         prereviews=PreReviewBook(records),
         cases=CaseDesk(CaseBook(records), hall),
+        files=app[keys.FILES],
     )
     hub.sio.attach(app)
     app[keys.HUB] = hub
-
-    async def log_file_event(event: HallEvent) -> None:
-        # The same outbox as the queue's events: the records writer takes them to the DB.
-        await store.outbox_append([event])
-
-    app[keys.FILES] = SessionFiles(
-        LocalBlobStore(settings.data_dir / "files"), DatabaseFileIndex(records), FileLimits(),
-        SystemClock(), on_event=log_file_event,
-    )
     setup_file_routes(app)
     app.router.add_get("/corrections/{review_id}", correction_list)
     app.cleanup_ctx.extend(

@@ -20,7 +20,15 @@ import orjson
 import socketio
 
 from rooms.catalog import ServiceKind
-from rooms.errors import AuthError, ForbiddenError, HallError, InvalidStateError, ThrottledError
+from rooms.errors import (
+    AuthError,
+    ForbiddenError,
+    HallError,
+    InvalidStateError,
+    NotFoundError,
+    ThrottledError,
+)
+from rooms.files import SessionFiles
 from rooms.hall import Hall, Unstaffed
 from rooms.notices import Notice, NoticeKind
 from rooms.prereview import PreReview
@@ -128,9 +136,11 @@ class SignalingHub:
         config: HubConfig | None = None,
         prereviews: PreReviewBook | None = None,
         cases: CaseDesk | None = None,
+        files: SessionFiles | None = None,
     ) -> None:
         self.hall = hall
         self.cases = cases
+        self.files = files
         self.prereview_book = prereviews
         self._prereviews: dict[str, PreReview] = {}  # session id -> pre-review under way
         self.tokens = tokens
@@ -622,6 +632,11 @@ class SignalingHub:
     async def _prereview_mark(self, participant: Participant, req: Any) -> dict[str, Any]:
         live = self._clerks_session(participant, req.session_id)
         review = self._review(live.id)
+        if req.file_ids and self.files is not None:
+            known = {f.id for f in await self.files.list(live.id)}
+            unknown = sorted(set(req.file_ids) - known)
+            if unknown:
+                raise NotFoundError(f"no file {unknown[0]} in this session")
         review.mark(req.material_id, req.mark, req.note, req.file_ids, now=time.time())
         await self._send(live.resident, "prereview.update",
                          {"session_id": live.id, "prereview": review.to_dict()})

@@ -163,3 +163,42 @@ async def test_only_uploader_or_supervisor_deletes_and_files_survive_a_restart(
                 f"{hall.url}/api/tickets/{ticket_id}/files/{second['file']['id']}",
                 headers={"Authorization": f"Bearer {sup}"})
             assert await r.read() == _png() + b"\x00"
+
+
+async def test_snapshot_links_into_prereview_and_retention_removes_files() -> None:
+    """A clerk's snapshot can be linked to a material; unknown file ids are refused; past
+    retention the files are gone for everyone."""
+    async with live_hall() as hall, clients(2) as (clerk, resident):
+        token = await hall.resident_id_token("r1")
+        clerk_token = await hall.clerk_token()
+        await clerk.connect(hall.url, {"token": clerk_token})
+        await resident.connect(hall.url, {"id_token": token})
+        took = await resident.call("ticket.take", {"matter_id": MATTER})
+        ticket_id = took["ticket"]["id"]
+        await clerk.next("offer.new")
+        await clerk.call("offer.accept", {"ticket_id": ticket_id})
+        form = aiohttp.FormData(quote_fields=False)
+        form.add_field("file", _png(), filename="身份证.png", content_type="image/png")
+        async with aiohttp.ClientSession() as http, http.post(
+            f"{hall.url}/api/tickets/{ticket_id}/files?kind=snapshot", data=form,
+            headers={"Authorization": f"Bearer {clerk_token}"},
+        ) as r:
+            snap = (await r.json())["file"]
+        assert snap["kind"] == "snapshot"
+        ref = {"session_id": ticket_id}
+        await clerk.call("prereview.start", ref)
+        linked = await clerk.call("prereview.mark", {**ref, "material_id": "id_card",
+                                                     "mark": "acceptable",
+                                                     "file_ids": [snap["id"]]})
+        assert linked["prereview"]["items"][0]["file_ids"] == [snap["id"]]
+        bogus = await clerk.call("prereview.mark", {**ref, "material_id": "id_card",
+                                                    "mark": "acceptable",
+                                                    "file_ids": ["not-a-file"]})
+        assert bogus["error"]["code"] == "not_found"
+        files = hall.app[keys.FILES]
+        removed = await files.sweep(files.clock.now() + files.limits.retention_s + 1)
+        assert removed == 1
+        async with aiohttp.ClientSession() as http:
+            r = await http.get(f"{hall.url}/api/tickets/{ticket_id}/files/{snap['id']}",
+                               headers={"Authorization": f"Bearer {token}"})
+            assert r.status == 404
