@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import jinja2
 from aiohttp import web
@@ -187,44 +187,43 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.close()
 
 
-async def _file_sweep_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Delete shared files past their retention period (personal data), hourly."""
+def _every(
+    seconds: float, what: str, work: Callable[[web.Application], Awaitable[object]]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that runs ``work`` now and then every ``seconds`` until shutdown;
+    a failing run is logged and retried at the next interval."""
 
-    async def sweep_forever() -> None:
-        while True:
-            try:
-                removed = await app[keys.FILES].sweep()
-                if removed:
-                    log.info("files: %d past retention deleted", removed)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("files: retention sweep failed; retrying in an hour")
-            await asyncio.sleep(3600)
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                try:
+                    await work(app)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s failed; retrying in %.0f s", what, seconds)
+                await asyncio.sleep(seconds)
 
-    task = asyncio.create_task(sweep_forever(), name="file-sweep")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+        task = asyncio.create_task(loop(), name=what)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
 
 
-async def _case_sweep_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Apply 办不成事 case deadlines every minute: escalate the overdue, auto-close the
-    resolved that nobody confirmed."""
+async def _sweep_files(app: web.Application) -> None:
+    """Shared files past their retention period are personal data: delete them."""
+    removed = await app[keys.FILES].sweep()
+    if removed:
+        log.info("files: %d past retention deleted", removed)
 
-    async def sweep_forever() -> None:
-        while True:
-            try:
-                await app[keys.HUB].sweep_cases()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("cases: sweep failed; retrying in a minute")
-            await asyncio.sleep(60)
 
-    task = asyncio.create_task(sweep_forever(), name="case-sweep")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def _sweep_cases(app: web.Application) -> None:
+    """办不成事 deadlines: escalate the overdue, auto-close the unconfirmed resolved."""
+    await app[keys.HUB].sweep_cases()
+
+
+_file_sweep_ctx = _every(3600, "file retention sweep", _sweep_files)
+_case_sweep_ctx = _every(60, "case deadline sweep", _sweep_cases)
