@@ -44,6 +44,7 @@ from server.prereview_routes import correction_list
 from server.routes import setup_routes
 from signaling.case_desk import CaseDesk
 from signaling.hub import HubConfig, SignalingHub
+from signaling.prereview_desk import PreReviewDesk
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         LocalBlobStore(settings.data_dir / "files"), DatabaseFileIndex(records), FileLimits(),
         SystemClock(), on_event=log_file_event,
     )
+    app[keys.PREREVIEWS] = PreReviewBook(records)
     hub = SignalingHub(
         hall,
         tokens=app[keys.TOKENS],
@@ -99,9 +101,8 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
             turn_secret=settings.turn_secret,
             turn_ttl_s=settings.turn_ttl_s,
         ),
-        prereviews=PreReviewBook(records),
+        prereviews=PreReviewDesk(hall, app[keys.PREREVIEWS], app[keys.FILES]),
         cases=CaseDesk(CaseBook(records), hall),
-        files=app[keys.FILES],
     )
     hub.sio.attach(app)
     app[keys.HUB] = hub

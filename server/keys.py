@@ -14,6 +14,7 @@ from aiohttp import web
 from rooms.catalog import Catalog
 from rooms.files import SessionFiles
 from rooms.hall import Hall
+from rooms.prereview_book import PreReviewBook
 from rooms.records import RecordsDB
 from rooms.records_writer import RecordsWriter
 from rooms.runner import HallRunner
@@ -49,3 +50,5 @@ THROTTLE = web.AppKey("throttle", FailureThrottle)
 HUB = web.AppKey[SignalingHub]("hub")
 # A ticket's shared files (uploads and snapshots).
 FILES = web.AppKey("files", SessionFiles)
+# Finished pre-reviews (the correction-list page reads them).
+PREREVIEWS = web.AppKey("prereviews", PreReviewBook)

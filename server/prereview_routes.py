@@ -16,7 +16,7 @@ async def correction_list(request: web.Request) -> web.Response:
     if not 8 <= len(review_id) <= 64:
         raise web.HTTPNotFound(text="no such correction list")
     try:
-        stored = await request.app[keys.HUB].prereview_book_required().get(review_id)
+        stored = await request.app[keys.PREREVIEWS].get(review_id)
     except HallError:
         raise web.HTTPNotFound(text="no such correction list") from None
     catalog = request.app[keys.CATALOG]

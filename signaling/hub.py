@@ -25,14 +25,11 @@ from rooms.errors import (
     ForbiddenError,
     HallError,
     InvalidStateError,
-    NotFoundError,
     ThrottledError,
 )
-from rooms.files import SessionFiles
 from rooms.hall import Hall, Unstaffed
 from rooms.notices import Notice, NoticeKind
 from rooms.prereview import PreReview
-from rooms.prereview_book import PreReviewBook
 from rooms.tickets import Channel, PriorityReason, Ticket, TicketState
 from signaling import protocol as p
 from signaling.case_desk import CaseDesk, case_view
@@ -44,6 +41,7 @@ from signaling.identity import (
     ice_servers,
 )
 from signaling.participants import Participant, Participants, ResumeError
+from signaling.prereview_desk import PreReviewDesk
 from signaling.sessions import MediaSession, Sessions
 from signaling.throttle import FailureThrottle
 from signaling.views import clerk_view, position_view, ticket_view
@@ -134,15 +132,12 @@ class SignalingHub:
         app_identity: AppIdentityVerifier | None,
         throttle: FailureThrottle,
         config: HubConfig | None = None,
-        prereviews: PreReviewBook | None = None,
+        prereviews: PreReviewDesk | None = None,
         cases: CaseDesk | None = None,
-        files: SessionFiles | None = None,
     ) -> None:
         self.hall = hall
         self.cases = cases
-        self.files = files
-        self.prereview_book = prereviews
-        self._prereviews: dict[str, PreReview] = {}  # session id -> pre-review under way
+        self.prereviews = prereviews
         self.tokens = tokens
         self.app_identity = app_identity
         self.throttle = throttle
@@ -600,10 +595,10 @@ class SignalingHub:
         return len(escalated)
 
     # -- pre-review (预审) -------------------------------------------------------------------
-    def prereview_book_required(self) -> PreReviewBook:
-        if self.prereview_book is None:
+    def _prereview_desk(self) -> PreReviewDesk:
+        if self.prereviews is None:
             raise HallError("pre-review records are not configured", code="internal_error")
-        return self.prereview_book
+        return self.prereviews
 
     def _clerks_session(self, participant: Participant, session_id: str) -> MediaSession:
         live = self._session_of(participant, session_id)
@@ -611,54 +606,26 @@ class SignalingHub:
             raise ForbiddenError("only the session's clerk pre-reviews")
         return live
 
-    def _review(self, session_id: str) -> PreReview:
-        review = self._prereviews.get(session_id)
-        if review is None:
-            raise InvalidStateError(f"no pre-review under way in session {session_id}")
-        return review
+    async def _review_changed(self, live: MediaSession, review: PreReview) -> dict[str, Any]:
+        """The resident watches the checklist as the clerk works through it."""
+        await self._send(live.resident, "prereview.update",
+                         {"session_id": live.id, "prereview": review.to_dict()})
+        return p.ok(prereview=review.to_dict())
 
     async def _prereview_start(self, participant: Participant, req: Any) -> dict[str, Any]:
         live = self._clerks_session(participant, req.session_id)
-        review = self._prereviews.get(live.id)
-        if review is None:  # starting twice returns the one under way
-            ticket = await self.hall.get_ticket(live.id)
-            matter = self.hall.catalog.matters[ticket.matter_id]
-            review = PreReview(live.id, matter, participant.principal.subject, time.time())
-            self._prereviews[live.id] = review
-        await self._send(live.resident, "prereview.update",
-                         {"session_id": live.id, "prereview": review.to_dict()})
-        return p.ok(prereview=review.to_dict())
+        review = await self._prereview_desk().start(live.id, participant.principal.subject)
+        return await self._review_changed(live, review)
 
     async def _prereview_mark(self, participant: Participant, req: Any) -> dict[str, Any]:
         live = self._clerks_session(participant, req.session_id)
-        review = self._review(live.id)
-        if req.file_ids and self.files is not None:
-            known = {f.id for f in await self.files.list(live.id)}
-            unknown = sorted(set(req.file_ids) - known)
-            if unknown:
-                raise NotFoundError(f"no file {unknown[0]} in this session")
-        review.mark(req.material_id, req.mark, req.note, req.file_ids, now=time.time())
-        await self._send(live.resident, "prereview.update",
-                         {"session_id": live.id, "prereview": review.to_dict()})
-        return p.ok(prereview=review.to_dict())
+        review = await self._prereview_desk().mark(live.id, req.material_id, req.mark,
+                                                   req.note, req.file_ids)
+        return await self._review_changed(live, review)
 
     async def _prereview_finish(self, participant: Participant, req: Any) -> dict[str, Any]:
         live = self._clerks_session(participant, req.session_id)
-        review = self._review(live.id)
-        book = self.prereview_book_required()
-        result = review.finish(time.time())
-        ticket = await self.hall.get_ticket(live.id)
-        review_id = await book.save(review, ticket.department_id)
-        del self._prereviews[live.id]
-        outcome = {
-            "session_id": live.id,
-            "result": result.value,
-            "corrections": [
-                {"material_id": c.material_id, "name": c.name, "action": c.action,
-                 "text": c.text_zh} for c in review.corrections()
-            ],
-            "url": f"/corrections/{review_id}",
-        }
+        review, outcome = await self._prereview_desk().finish(live.id)
         await self._send(live.resident, "prereview.result", outcome)
         return p.ok(prereview=review.to_dict(), **{k: v for k, v in outcome.items()
                                                    if k != "session_id"})

@@ -7,9 +7,6 @@ PostgreSQL database on the server named by ``HALL_TEST_DATABASE_URL`` (dropped a
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,61 +29,13 @@ from rooms.cases import (
 from rooms.clock import ManualClock
 from rooms.errors import HallError, InvalidStateError, NotFoundError, ValidationError
 from rooms.migrations import LATEST_VERSION, MIGRATIONS, migrate, schema_migrations
-from rooms.records import RecordsDB, normalize_database_url
+from rooms.records import RecordsDB
 
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOUR = 3600.0
 DAY = 24 * HOUR
 POLICY = CasePolicy()
 
-# -- fixtures ---------------------------------------------------------------------------------
-
-
-async def _postgres_url() -> AsyncIterator[str]:
-    """Create a database of our own on the test server, yield its URL, drop it afterwards."""
-    raw_admin = os.environ.get("HALL_TEST_DATABASE_URL") or DEFAULT_ADMIN_URL
-    admin_url = normalize_database_url(raw_admin, default_sqlite_path="unused.db")
-    if not admin_url.startswith("postgresql+asyncpg://"):
-        pytest.fail(f"HALL_TEST_DATABASE_URL must be a PostgreSQL URL, got {raw_admin[:16]}…")
-    name = f"hall_test_{secrets.token_hex(6)}"
-    admin = create_async_engine(
-        admin_url, isolation_level="AUTOCOMMIT", connect_args={"timeout": 5}
-    )
-    try:
-        try:
-            async with admin.connect() as conn:
-                await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        except (OSError, TimeoutError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            shown = make_url(admin_url).render_as_string(hide_password=True)
-            pytest.skip(f"PostgreSQL test server {shown} unreachable: {exc!r}")
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        try:
-            async with admin.connect() as conn:
-                await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        except (OSError, TimeoutError, sa.exc.OperationalError, sa.exc.InterfaceError):
-            pass
-        finally:
-            await admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def records_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'records' / 'hall.db'}"
-        return
-    async for url in _postgres_url():
-        yield url
-
-
-@pytest.fixture
-async def db(records_url: str) -> AsyncIterator[RecordsDB]:
-    records = RecordsDB(records_url)
-    await records.open()
-    try:
-        yield records
-    finally:
-        await records.close()
+# -- fixtures (records_url and db come from conftest.py) ---------------------------------------
 
 
 @pytest.fixture

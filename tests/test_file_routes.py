@@ -11,7 +11,7 @@ import aiohttp
 
 from rooms.events import EventKind
 from server import keys
-from tests.signalkit import LiveHall, clients, live_hall
+from tests.signalkit import Client, LiveHall, clients, live_hall
 
 MATTER = "flexible_employment_registration"
 
@@ -40,15 +40,19 @@ async def _upload(hall: LiveHall, token: str, ticket_id: str, name: str, content
         return response.status, await response.json()
 
 
+async def _waiting(hall: LiveHall, resident: Client) -> tuple[str, str]:
+    """Resident r1 connects and waits for a ticket; returns their id token and ticket id."""
+    token = await hall.resident_id_token("r1")
+    await resident.connect(hall.url, {"id_token": token})
+    await resident.next("welcome")
+    took = await resident.call("ticket.take", {"matter_id": MATTER, "when_unstaffed": "wait"})
+    return token, str(took["ticket"]["id"])
+
+
 async def test_upload_while_waiting_then_clerk_downloads_as_attachment() -> None:
     """A waiting resident uploads; the clerk is told on accept-time and downloads it safely."""
     async with live_hall() as hall, clients(2) as (resident, clerk):
-        token = await hall.resident_id_token("r1")
-        await resident.connect(hall.url, {"id_token": token})
-        await resident.next("welcome")
-        took = await resident.call("ticket.take", {"matter_id": MATTER,
-                                                   "when_unstaffed": "wait"})
-        ticket_id = took["ticket"]["id"]
+        token, ticket_id = await _waiting(hall, resident)
         status, body = await _upload(hall, token, ticket_id, "../../身份证 正面.png", _png(),
                                      content_type="text/html")
         assert status == 201, body
@@ -85,12 +89,7 @@ async def test_upload_while_waiting_then_clerk_downloads_as_attachment() -> None
 async def test_refused_files_and_strangers_get_clear_codes() -> None:
     """Wrong content, empty files, no token and other residents are refused distinctly."""
     async with live_hall() as hall, clients(1) as (resident,):
-        token = await hall.resident_id_token("r1")
-        await resident.connect(hall.url, {"id_token": token})
-        await resident.next("welcome")
-        took = await resident.call("ticket.take", {"matter_id": MATTER,
-                                                   "when_unstaffed": "wait"})
-        ticket_id = took["ticket"]["id"]
+        token, ticket_id = await _waiting(hall, resident)
         status, body = await _upload(hall, token, ticket_id, "x.jpg",
                                      b"<html><script>alert(1)</script></html>", "image/jpeg")
         assert (status, body["error"]["code"]) == (415, "file_type_refused")
@@ -111,12 +110,7 @@ async def test_refused_files_and_strangers_get_clear_codes() -> None:
 async def test_oversized_upload_is_refused_and_nothing_is_kept() -> None:
     """A file over the per-file cap is refused with 413 and leaves nothing behind."""
     async with live_hall() as hall, clients(1) as (resident,):
-        token = await hall.resident_id_token("r1")
-        await resident.connect(hall.url, {"id_token": token})
-        await resident.next("welcome")
-        took = await resident.call("ticket.take", {"matter_id": MATTER,
-                                                   "when_unstaffed": "wait"})
-        ticket_id = took["ticket"]["id"]
+        token, ticket_id = await _waiting(hall, resident)
         limit = hall.app[keys.FILES].limits.max_file_bytes
         big = _png() + b"\x00" * limit
         status, body = await _upload(hall, token, ticket_id, "big.png", big)
@@ -131,11 +125,7 @@ async def test_only_uploader_or_supervisor_deletes_and_files_survive_a_restart(
     env = {"HALL_DATA_DIR": str(tmp_path),
            "HALL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/records.sqlite3"}
     async with live_hall(env) as hall, clients(2) as (resident, clerk):
-        token = await hall.resident_id_token("r1")
-        await resident.connect(hall.url, {"id_token": token})
-        took = await resident.call("ticket.take", {"matter_id": MATTER,
-                                                   "when_unstaffed": "wait"})
-        ticket_id = took["ticket"]["id"]
+        token, ticket_id = await _waiting(hall, resident)
         _, first = await _upload(hall, token, ticket_id, "a.png", _png())
         _, second = await _upload(hall, token, ticket_id, "b.png", _png() + b"\x00")
         clerk_token = await hall.clerk_token()
