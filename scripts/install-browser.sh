@@ -1,5 +1,7 @@
 #!/bin/sh
-# Install the Chromium the browser tests drive (tests/test_browser_rtc.py), idempotently.
+# Install the Chromium the browser tests drive (tests/browserkit.py), idempotently, with a CJK
+# font: the pages are Chinese first, and a machine without one renders boxes in screenshots
+# (residents' phones and the kiosks have CJK fonts of their own; the hall serves none).
 #
 # The tests use Debian's `chromium` package through Playwright's `executable_path`;
 # `playwright install` is never used (it downloads from the internet, which CI may not reach).
@@ -8,14 +10,20 @@ set -eu
 
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 
-if [ -x "$CHROMIUM" ]; then
-    echo "install-browser: $CHROMIUM is already installed; nothing to do"
+PACKAGES="chromium fonts-noto-cjk"
+
+have_font() {
+    dpkg-query -W -f='${Status}' fonts-noto-cjk 2>/dev/null | grep -q "install ok installed"
+}
+
+if [ -x "$CHROMIUM" ] && have_font; then
+    echo "install-browser: $CHROMIUM and a CJK font are already installed; nothing to do"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-browser: $CHROMIUM is missing and apt-get is not available;" \
-         "install Chromium by hand (Debian/Ubuntu package: chromium)" >&2
+         "install Chromium by hand (Debian/Ubuntu packages: $PACKAGES)" >&2
     exit 1
 fi
 
@@ -25,7 +33,7 @@ if [ "$(id -u)" -ne 0 ]; then
         SUDO="sudo -n"
     else
         echo "install-browser: $CHROMIUM is missing and installing it needs root" \
-             "(run: apt-get install -y --no-install-recommends chromium)" >&2
+             "(run: apt-get install -y --no-install-recommends $PACKAGES)" >&2
         exit 1
     fi
 fi
@@ -41,8 +49,9 @@ else
     $SUDO apt-get update
 fi
 
-echo "install-browser: running apt-get install -y --no-install-recommends chromium"
-$SUDO apt-get install -y --no-install-recommends chromium
+echo "install-browser: running apt-get install -y --no-install-recommends $PACKAGES"
+# shellcheck disable=SC2086 # a list of package names
+$SUDO apt-get install -y --no-install-recommends $PACKAGES
 
 if [ -x "$CHROMIUM" ]; then
     echo "install-browser: installed $("$CHROMIUM" --version 2>/dev/null || echo chromium)"

@@ -40,6 +40,7 @@ from server import keys
 from server.auth_routes import setup_auth
 from server.config import Settings
 from server.file_routes import setup_file_routes
+from server.pages import default_vendor_dir, missing_vendor_files, setup_pages
 from server.prereview_routes import correction_list
 from server.routes import setup_routes
 from signaling.case_desk import CaseDesk
@@ -113,6 +114,13 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
          _file_sweep_ctx, _case_sweep_ctx]
     )
     setup_routes(app)
+    app[keys.VENDOR_DIR] = settings.vendor_dir or default_vendor_dir()
+    missing = missing_vendor_files(app[keys.VENDOR_DIR])
+    if missing:
+        # The hall still serves its API; the pages cannot run without these.
+        log.warning("browser libraries missing under %s: %s (run the set-up: npm ci)",
+                    app[keys.VENDOR_DIR], ", ".join(missing))
+    setup_pages(app)
     return app
 
 

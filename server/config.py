@@ -214,6 +214,8 @@ class Settings:
     database_url_setting: str | None = None
     data_dir: Path = Path("./var")
     catalog_path: Path | None = None
+    # Where the npm packages of the pages live (None: node_modules beside the source tree).
+    vendor_dir: Path | None = None
     # None until :meth:`resolve` (demo: ephemeral key; otherwise: refused).
     secret_key: str | None = None
     demo_password: str | None = None
@@ -268,6 +270,7 @@ class Settings:
             database_url_setting=get("HALL_DATABASE_URL", _parse_database_url, None),
             data_dir=get("HALL_DATA_DIR", lambda n, r: Path(r).expanduser(), d.data_dir),
             catalog_path=get("HALL_CATALOG", _parse_catalog, d.catalog_path),
+            vendor_dir=get("HALL_VENDOR_DIR", lambda n, r: Path(r).expanduser(), d.vendor_dir),
             secret_key=get("HALL_SECRET_KEY", _parse_secret_key, d.secret_key),
             demo_password=get("HALL_DEMO_PASSWORD", _parse_text, d.demo_password),
             enforce_hours=get("HALL_ENFORCE_HOURS", _parse_bool, d.enforce_hours),

@@ -7,6 +7,7 @@ one per test, can run in one process without sharing state.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import jinja2
 from aiohttp import web
@@ -52,3 +53,6 @@ HUB = web.AppKey[SignalingHub]("hub")
 FILES = web.AppKey("files", SessionFiles)
 # Finished pre-reviews (the correction-list page reads them).
 PREREVIEWS = web.AppKey("prereviews", PreReviewBook)
+
+# Where the pages' npm packages (socket.io-client, pdf.js) are served from.
+VENDOR_DIR = web.AppKey("vendor_dir", Path)

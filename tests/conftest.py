@@ -67,3 +67,7 @@ async def db(records_url: str) -> AsyncIterator[RecordsDB]:
         yield records
     finally:
         await records.close()
+
+
+# Real Chromium for the page tests (tests/browserkit.py).
+from tests.browserkit import browser, chromium  # noqa: E402, F401

@@ -1,7 +1,7 @@
 """The resident in real Chromium, the clerk as an aiortc peer, through the real hall.
 
 The browser loads ``/static/rtc-test.html`` from the hall (the Socket.IO client bundle and
-``rtc-client.js`` come from the hall itself) with fake camera and microphone; the clerk is a
+``js/hall-client.js`` come from the hall itself) with fake camera and microphone; the clerk is a
 :class:`tests.rtcpeer.MediaPeer` driven from Python. Both sides follow docs/protocol.md: the
 clerk offers (half-trickle), the browser answers and trickles its candidates one ``rtc.signal``
 at a time, then ``{candidate: null}``.
@@ -20,7 +20,7 @@ cannot take part in an ICE restart, checked here both ways the clerk can answer 
   and media recovers through a DTLS restart, but the data channel closes for good (its SCTP
   association does not survive), and aiortc's fresh connection never gets one.
 
-So ``rtc-client.js`` sees either answer for what it is (same remote ufrag; new remote DTLS
+So ``hall-client.js`` sees either answer for what it is (same remote ufrag; new remote DTLS
 fingerprint) and falls back to a fresh RTCPeerConnection and a new offer, which aiortc answers
 from a fresh connection: media and the data channel come back in ~0.1 s.
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,63 +42,20 @@ from typing import Any
 import pytest
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
-from playwright.async_api import Browser, Page, Response, async_playwright
+from playwright.async_api import Browser, Page, Response
 
 from server import keys
 from tests.rtcpeer import HallClient, MediaPeer, Payload
 from tests.signalkit import LiveHall, live_hall
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTALL_SCRIPT = ROOT / "scripts" / "install-browser.sh"
-CHROMIUM = Path("/usr/bin/chromium")
-# The real binary behind Debian's wrapper script (skips the wrapper's harmless shell warning).
-CHROMIUM_BINARY = Path("/usr/lib/chromium/chromium")
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CLERK = "clerk01"
 TIMEOUT = 10.0  # every single wait
 
-
-# -- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Chromium's executable, installed with the project's own script when it is missing."""
-    if not CHROMIUM.exists():
-        result = subprocess.run(
-            ["sh", str(INSTALL_SCRIPT)],
-            capture_output=True, text=True, timeout=600, check=False,
-        )
-        if not CHROMIUM.exists():
-            # Not a skip: a browser test that does not run must not count as passing.
-            pytest.fail(
-                f"Chromium is not installed and {INSTALL_SCRIPT.name} could not install it "
-                f"(exit {result.returncode}):\n{result.stdout}{result.stderr}\n"
-                "Install the Debian package `chromium` (apt-get install -y chromium).",
-                pytrace=False,
-            )
-    return CHROMIUM_BINARY if CHROMIUM_BINARY.exists() else CHROMIUM
+pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+# -- fixtures (chromium, browser: tests/browserkit.py) ---------------------------------------
 
 
 @pytest.fixture
