@@ -127,7 +127,8 @@ def _serve(args: argparse.Namespace) -> int:
         password = app[keys.DEMO_PASSWORD]
         assert password is not None  # create_app(demo=True) always sets one
         _print_demo_accounts(app[keys.CATALOG], password)
-        _print_demo_kiosk(app)
+        _print_demo_kiosk(app, url)
+        _print_pages(url)
 
     def announce(_aiohttp_banner: str) -> None:
         # run_app calls this once the port is bound, so the line is never a false promise.
@@ -173,14 +174,24 @@ def _print_demo_accounts(catalog: Catalog, password: str) -> None:
     print(f"  password (密码): {password}")
 
 
-def _print_demo_kiosk(app: web.Application) -> None:
-    """One kiosk's demo device secret, so the kiosk screen can be tried (others: same rule)."""
+def _print_pages(url: str) -> None:
+    print("Pages (页面):")
+    print(f"  residents, in the app (居民端): {url}app")
+    print(f"  clerk console (帮办工作台):     {url}clerk")
+    print(f"  supervisor wallboard (值班大屏): {url}supervisor")
+
+
+def _print_demo_kiosk(app: web.Application, url: str) -> None:
+    """One kiosk's demo device secret and its screen's address with the secret in the
+    fragment (read once by the page, never sent to the server in a request)."""
     kiosks = app[keys.KIOSK_KEYS]
     catalog = app[keys.CATALOG]
     if not kiosks.is_demo or not catalog.service_points:
         return  # secrets provisioned from HALL_KIOSK_SECRETS_FILE: nothing to print
     sp_id = "XH-001" if "XH-001" in catalog.service_points else next(iter(catalog.service_points))
-    print(f"  kiosk {sp_id} secret: {kiosks.demo_secret(sp_id)}")
+    secret = kiosks.demo_secret(sp_id)
+    print(f"  kiosk {sp_id} secret: {secret}")
+    print(f"  kiosk screen (服务点终端): {url}kiosk/{sp_id}#secret={secret}")
 
 
 def _served(catalog: Catalog, clerk: ClerkProfile) -> str:

@@ -40,8 +40,9 @@ from av import VideoFrame
 log = logging.getLogger(__name__)
 
 Payload = dict[str, Any]
-# Server→client events that carry no seq (docs/protocol.md, "Conventions").
-UNNUMBERED = frozenset({"welcome", "replaced"})
+# Server→client events that carry no seq (docs/protocol.md, "Conventions"): the connection's
+# own messages, and the state pushes that each supersede the previous one.
+UNNUMBERED = frozenset({"welcome", "replaced", "wall.update", "queues.update"})
 Predicate = Callable[[Payload], bool]
 
 
