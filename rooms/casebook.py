@@ -235,7 +235,7 @@ class CaseBook:
             hall_cases.c.deadline <= now,
             hall_cases.c.state != CaseState.CLOSED.value,
             hall_cases.c.escalated.is_(False),
-            order_by=hall_cases.c.deadline,
+            order_by=[hall_cases.c.deadline],
         )
 
     async def overdue(self) -> list[Case]:
@@ -243,16 +243,49 @@ class CaseBook:
         return await self._select(
             hall_cases.c.overdue.is_(True),
             hall_cases.c.state != CaseState.CLOSED.value,
-            order_by=hall_cases.c.deadline,
+            order_by=[hall_cases.c.deadline],
         )
 
-    async def _select(self, *where: sa.ColumnElement[bool], order_by: Any = None) -> list[Case]:
+    async def listing(self, *, state: CaseState | None = None, limit: int = 200) -> list[Case]:
+        """The supervisor's list: cases not closed (or in ``state``), overdue ones first, then
+        by deadline (soonest first; cases without one last), at most ``limit``."""
+        where = (hall_cases.c.state == state.value if state is not None
+                 else hall_cases.c.state != CaseState.CLOSED.value)
+        return await self._select(
+            where,
+            order_by=[
+                hall_cases.c.overdue.desc(),
+                # "IS NULL" sorts false first on both SQLite and PostgreSQL, where NULLS LAST
+                # is not spelled the same way everywhere.
+                hall_cases.c.deadline.is_(None),
+                hall_cases.c.deadline,
+            ],
+            limit=limit,
+        )
+
+    async def counts(self) -> dict[str, int]:
+        """``open``: cases not closed; ``overdue``: those of them past their deadline."""
+        overdue = sa.case((hall_cases.c.overdue.is_(True), 1), else_=0)
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(overdue), 0)).where(
+            hall_cases.c.state != CaseState.CLOSED.value
+        )
         engine, _ = self._db.engines
-        order = [order_by] if order_by is not None else []
+        async with engine.connect() as conn:
+            row = (await conn.execute(query)).one()
+        return {"open": int(row[0]), "overdue": int(row[1])}
+
+    async def _select(
+        self,
+        *where: sa.ColumnElement[bool],
+        order_by: Sequence[Any] = (),
+        limit: int | None = None,
+    ) -> list[Case]:
+        engine, _ = self._db.engines
         query = (
             sa.select(hall_cases)
             .where(*where)
-            .order_by(*order, hall_cases.c.created_at, hall_cases.c.id)
+            .order_by(*order_by, hall_cases.c.created_at, hall_cases.c.id)
+            .limit(limit)
         )
         async with engine.connect() as conn:
             rows = (await conn.execute(query)).all()

@@ -71,10 +71,23 @@ class CatalogError(HallError):
     code = "catalog_invalid"
 
 
-class StoreUnavailableError(HallError):
+class StoreError(HallError):
+    """The live-state store failed a command; the command did not take effect."""
+
+    code = "store_error"
+
+
+class StoreUnavailableError(StoreError):
     """The live-state store cannot be reached; new work is refused until it is back."""
 
     code = "store_unavailable"
+
+
+class StoreLockLostError(StoreError):
+    """A command held the hall lock longer than its lease and another process took it over:
+    its changes were refused (nothing was written). Retrying the command is safe."""
+
+    code = "store_lock_lost"
 
 
 class AuthError(HallError):

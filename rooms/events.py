@@ -42,6 +42,13 @@ class EventKind(StrEnum):
     # supervision
     MONITOR_JOIN = "monitor_join"        # a supervisor silently joined a session (data: supervisor)
     MONITOR_LEAVE = "monitor_leave"
+    CLERK_NOTE = "clerk_note"            # the clerk's private note on a live session (data: text)
+    # kiosks (service points); service_point_id is set, ticket_id is not
+    KIOSK_ONLINE = "kiosk_online"        # the kiosk's device connected
+    KIOSK_OFFLINE = "kiosk_offline"      # its connection is gone
+    # its device health changed (data: camera, microphone, speaker, document_camera, failed,
+    # detail, agent); repeated identical reports are not logged
+    KIOSK_HEALTH = "kiosk_health"
     # the resident's verdict
     SESSION_RATING = "session_rating"    # data: score (1-5), comment
     # documents shared in a session (rooms.files); ticket_id is the session

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,6 +47,8 @@ _TICKET_TIMERS = ("offer", "grace", "widen", "retry", "maxwait")
 _MAX_BREAK_REASON = 100
 _MAX_CONTACT = 100
 _MAX_RATING_COMMENT = 500
+MAX_NOTE_CHARS = 2000
+_KIOSK_EVENTS = frozenset({EventKind.KIOSK_ONLINE, EventKind.KIOSK_OFFLINE, EventKind.KIOSK_HEALTH})
 
 
 class Unstaffed(StrEnum):
@@ -55,6 +57,15 @@ class Unstaffed(StrEnum):
     REFUSE = "refuse"  # do not join; the error tells the resident the two other choices
     WAIT = "wait"  # join anyway and wait for a clerk to come on duty
     CALLBACK = "callback"  # leave a callback request that keeps their place
+
+
+@dataclass(frozen=True, slots=True)
+class SessionNote:
+    """A clerk's private note on a live session (never shown to the resident)."""
+
+    id: str
+    text: str
+    at: float
 
 
 @dataclass(slots=True)
@@ -148,7 +159,26 @@ class Hall:
                     )
             step.notices.append(Notice(NoticeKind.QUEUE_CHANGED, queue_key=key))
         if step.events:
+            await self._count_day(step.events)
             await self.store.outbox_append(step.events)
+
+    async def _count_day(self, events: Sequence[HallEvent]) -> None:
+        """Today's answered / abandoned counters, written with the events that move them so
+        the wallboard's figures cannot drift from the log."""
+        for event in events:
+            if event.matter_id is None:
+                continue
+            if event.kind == EventKind.ACCEPT:
+                prefix = self._day_prefix(event.at)
+                await self.store.incr(f"{prefix}answered:{event.matter_id}")
+                if float(event.data.get("wait_s", 0.0)) <= self.policy.service_level_s:
+                    await self.store.incr(f"{prefix}answered_sl:{event.matter_id}")
+            elif event.kind == EventKind.ABANDON:
+                await self.store.incr(f"{self._day_prefix(event.at)}abandoned:{event.matter_id}")
+
+    def _day_prefix(self, ts: float) -> str:
+        # The hall's local date: "today" on the wallboard starts at local midnight.
+        return f"day:{self._local(ts).strftime('%Y-%m-%d')}:"
 
     def _publish(self, notices: Sequence[Notice]) -> None:
         if not notices:
@@ -686,10 +716,12 @@ class Hall:
             for matter in self.catalog.matters.values():
                 key = matter_key(matter.id)
                 head = await self.store.queue_range(key, 0, 1)
-                head_wait = None
+                head_wait = head_joined = None
                 if head:
                     first = await self.store.get_ticket(head[0])
-                    head_wait = None if first is None else now - first.joined_at
+                    if first is not None:
+                        head_joined = first.joined_at
+                        head_wait = now - first.joined_at
                 matters.append({
                     "id": matter.id,
                     "name": matter.name,
@@ -698,6 +730,7 @@ class Hall:
                     "on_duty": await self.store.duty_count(matter.id),
                     "handle_time_s": await self.queues.handle_time(matter.id),
                     "head_wait_s": head_wait,
+                    "head_joined_at": head_joined,
                 })
             clerks = []
             for clerk_id in await self.store.clerk_ids():
@@ -744,6 +777,48 @@ class Hall:
             kind = EventKind.MONITOR_JOIN if joined else EventKind.MONITOR_LEAVE
             self._event(step, kind, ticket, None, supervisor=supervisor_id)
             return ticket
+
+    async def record_note(self, ticket_id: str, clerk_id: str, text: str) -> SessionNote:
+        """Log the clerk's note on the session they hold now (the ticket is in session)."""
+        cleaned = (text or "").strip()
+        if not cleaned or len(cleaned) > MAX_NOTE_CHARS:
+            raise ValidationError(f"a note needs 1 to {MAX_NOTE_CHARS} characters")
+        async with self._step() as step:
+            clerk = await self._clerk(clerk_id)
+            ticket = await self._ticket(ticket_id)
+            self._check_holds(clerk, ticket, "write a note on")
+            note = SessionNote(f"N{await self.store.next_seq('note'):017d}", cleaned, step.now)
+            self._event(step, EventKind.CLERK_NOTE, ticket, clerk, note_id=note.id, text=cleaned)
+            return note
+
+    async def record_kiosk(self, service_point_id: str, kind: EventKind, **data: Any) -> None:
+        """Log a kiosk's presence or health change (the hub decides what is a change)."""
+        if kind not in _KIOSK_EVENTS:
+            raise ValidationError(f'"{kind}" is not a kiosk event')
+        if service_point_id not in self.catalog.service_points:
+            raise NotFoundError(f'service point "{service_point_id}" does not exist')
+        async with self._step() as step:
+            step.events.append(HallEvent(kind=kind, at=step.now,
+                                         service_point_id=service_point_id,
+                                         channel="kiosk", data=data))
+
+    async def day_stats(
+        self, matter_ids: Iterable[str] | None = None
+    ) -> dict[str, dict[str, int]]:
+        """Today's (local date) answered, answered within the service level, and abandoned
+        tickets per matter; every catalog matter unless ``matter_ids`` is given."""
+        prefix = self._day_prefix(self.clock.now())
+        ids = list(self.catalog.matters if matter_ids is None else matter_ids)
+        for matter_id in ids:
+            self._matter(matter_id)
+        kinds = ("answered", "answered_sl", "abandoned")
+        values = await self.store.counters_get(
+            [f"{prefix}{kind}:{matter_id}" for matter_id in ids for kind in kinds])
+        return {
+            matter_id: dict(zip(("answered", "answered_in_sl", "abandoned"),
+                                values[3 * i : 3 * i + 3], strict=True))
+            for i, matter_id in enumerate(ids)
+        }
 
     async def queue_tickets(self, matter_id: str, limit: int = 50) -> list[Ticket]:
         """The first ``limit`` tickets of a matter's queue, in order."""
@@ -871,6 +946,7 @@ class Hall:
                   "number": ticket.number, "matter_id": ticket.matter_id,
                   "kind": ticket.kind.value, "priority": ticket.priority,
                   "callback": ticket.callback_contact is not None,
+                  "callback_contact": ticket.callback_contact,
                   "transfers": ticket.transfers, "wait_s": step.now - ticket.joined_at},
         ))
         self._ticket_notice(step, ticket)

@@ -101,6 +101,9 @@ class MemoryStore(Store):
     def transaction(self) -> Any:
         return self._transaction()
 
+    async def ping(self) -> bool:
+        return True  # in-process: always there
+
     async def next_seq(self, name: str) -> int:
         value = self._counters.get(name, self._counter_base) + 1
         self._counters[name] = value
@@ -110,6 +113,9 @@ class MemoryStore(Store):
         value = self._plain.get(name, 0) + 1
         self._plain[name] = value
         return value
+
+    async def counter_get(self, name: str) -> int:
+        return self._plain.get(name, 0)
 
     async def get_ticket(self, ticket_id: str) -> Ticket | None:
         raw = self._tickets.get(ticket_id)

@@ -20,12 +20,16 @@ class QueuePolicy:
     enforce_hours: bool = True  # refuse tickets outside service hours
     decline_cooldown_s: float | None = None  # None: same as offer_timeout_s
     handle_time_alpha: float = 0.2  # weight of the newest session in the handle-time average
+    service_level_s: float = 300.0  # answered within this wait counts toward the service level
+    wait_alert_s: float = 600.0  # the wallboard alerts when a queue's oldest wait reaches this
 
     def __post_init__(self) -> None:
         positive = {
             "offer_timeout_s": self.offer_timeout_s,
             "wrapup_s": self.wrapup_s,
             "abandon_grace_s": self.abandon_grace_s,
+            "service_level_s": self.service_level_s,
+            "wait_alert_s": self.wait_alert_s,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -64,5 +64,8 @@ class HallRunner:
             if deadline is not None:
                 delay = min(delay, max(0.0, deadline - self._hall.clock.now()))
             if delay > 0:
+                # asyncio.timeout, not wait_for: on 3.11, wait_for can swallow a cancel that
+                # races the wake-up event, leaving the runner (and a shutdown) stuck.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()

@@ -13,7 +13,7 @@ ready_*              the dispatchable subset of a queue          sorted set, sco
 idle_*               available clerks per matter, by idle-since  sorted set, score = idle since
 timer_*              deadlines (offer timeout, wrap-up, grace…)  sorted set, score = deadline
 outbox_*             event-log lines not yet in the records DB   stream / list
-next_seq             monotonic counters                          INCR
+next_seq, incr       monotonic and plain counters                INCR / GET
 ===================  ==========================================  ===========================
 
 Sorted sets order by ``(score, member)`` exactly as Redis does (ties broken by the member's
@@ -48,6 +48,10 @@ class Store(abc.ABC):
         """Disconnect; idempotent."""
 
     @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True if the store answers now; never raises (for /readyz)."""
+
+    @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[None]:
         """Serialise one engine command against every other (across processes for Redis)."""
 
@@ -59,6 +63,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def incr(self, name: str) -> int:
         """Return the next value of a plain counter starting at 1 (display numbers)."""
+
+    @abc.abstractmethod
+    async def counter_get(self, name: str) -> int:
+        """The current value of an :meth:`incr` counter; 0 if it was never incremented."""
+
+    async def counters_get(self, names: Sequence[str]) -> list[int]:
+        """Several :meth:`counter_get` at once (the wallboard reads three per matter every
+        second); a store with a bulk read (Redis MGET) should override this."""
+        return [await self.counter_get(name) for name in names]
 
     # -- records -----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -104,7 +104,8 @@ async def main(out_dir: Path, chromium: Path, data_dir: Path) -> int:
     port = _free_port()
     settings = Settings.from_env({
         "HALL_DATA_DIR": str(data_dir), "HALL_DEMO_PASSWORD": PASSWORD,
-        "HALL_DATABASE_URL": "sqlite+aiosqlite:///:memory:", "HALL_PORT": str(port),
+        "HALL_DATABASE_URL": f"sqlite+aiosqlite:///{data_dir}/records.sqlite3",
+        "HALL_PORT": str(port),
     })
     app = create_app(settings, demo=True)
     runner = web.AppRunner(app)

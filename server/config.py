@@ -229,6 +229,8 @@ class Settings:
     priority_credit_s: float = 600.0
     max_queue: int = 500
     max_wait_s: float | None = 14400.0
+    service_level_s: float = 300.0
+    wait_alert_s: float = 600.0
     log_level: str = "INFO"
     # -- authentication and real-time connections ----------------------------------------
     token_ttl_s: float = 900.0
@@ -306,6 +308,16 @@ class Settings:
                 "HALL_MAX_QUEUE", lambda n, r: _parse_int(n, r, minimum=1), d.max_queue
             ),
             max_wait_s=get("HALL_MAX_WAIT_S", _parse_max_wait, d.max_wait_s),
+            service_level_s=get(
+                "HALL_SERVICE_LEVEL_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.service_level_s,
+            ),
+            wait_alert_s=get(
+                "HALL_WAIT_ALERT_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.wait_alert_s,
+            ),
             log_level=get("HALL_LOG_LEVEL", _parse_log_level, d.log_level),
             token_ttl_s=get(
                 "HALL_TOKEN_TTL_S",
@@ -424,4 +436,6 @@ class Settings:
             default_max_queue=self.max_queue,
             max_wait_s=self.max_wait_s,
             enforce_hours=self.hours_enforced,
+            service_level_s=self.service_level_s,
+            wait_alert_s=self.wait_alert_s,
         )

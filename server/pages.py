@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +38,14 @@ VENDOR_FILES = {
     "pdf.min.mjs": "pdfjs-dist/build/pdf.min.mjs",
     "pdf.worker.min.mjs": "pdfjs-dist/build/pdf.worker.min.mjs",
 }
+
+# Folders of data files pdf.js fetches by name: character maps (Chinese PDFs whose fonts are
+# not embedded) and the standard PDF fonts.
+VENDOR_DIRS = {
+    "pdfjs-cmaps": "pdfjs-dist/cmaps",
+    "pdfjs-fonts": "pdfjs-dist/standard_fonts",
+}
+_VENDOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # The pages run no inline script and load nothing from elsewhere. `blob:` is for previews of
 # shared files and snapshots made in the page; `data:` for the QR codes' inline images.
@@ -207,6 +216,19 @@ async def vendor_file(request: web.Request) -> web.FileResponse:
     return response
 
 
+async def vendor_data(request: web.Request) -> web.FileResponse:
+    """A data file of a vendored library's folder (pdf.js cmaps and fonts), by plain name."""
+    folder = VENDOR_DIRS.get(request.match_info["folder"])
+    name = request.match_info["name"]
+    if folder is None or not _VENDOR_NAME.match(name):
+        raise web.HTTPNotFound(text="no such file")
+    path = request.app[keys.VENDOR_DIR] / folder / name
+    if not path.is_file():
+        raise web.HTTPNotFound(text="no such file")
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400",
+                                           "X-Content-Type-Options": "nosniff"})
+
+
 def missing_vendor_files(vendor_dir: Path) -> list[str]:
     return [name for name, rel in VENDOR_FILES.items() if not (vendor_dir / rel).is_file()]
 
@@ -217,3 +239,4 @@ def setup_pages(app: web.Application) -> None:
     app.router.add_get("/clerk", clerk_page, name="clerk_page")
     app.router.add_get("/supervisor", supervisor_page, name="supervisor_page")
     app.router.add_get("/vendor/{name}", vendor_file, name="vendor")
+    app.router.add_get("/vendor/{folder}/{name}", vendor_data, name="vendor_data")

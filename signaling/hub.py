@@ -19,14 +19,17 @@ from typing import Any
 import orjson
 import socketio
 
+from rooms.cases import CaseState
 from rooms.catalog import ServiceKind
 from rooms.errors import (
     AuthError,
     ForbiddenError,
     HallError,
     InvalidStateError,
+    NotFoundError,
     ThrottledError,
 )
+from rooms.events import EventKind
 from rooms.hall import Hall, Unstaffed
 from rooms.notices import Notice, NoticeKind
 from rooms.prereview import PreReview
@@ -40,15 +43,21 @@ from signaling.identity import (
     TokenService,
     ice_servers,
 )
+from signaling.kiosks import DeviceReport, Kiosks
 from signaling.participants import Participant, Participants, ResumeError
 from signaling.prereview_desk import PreReviewDesk
 from signaling.sessions import MediaSession, Sessions
 from signaling.throttle import FailureThrottle
-from signaling.views import clerk_view, position_view, ticket_view
+from signaling.views import clerk_view, offer_view, position_view, ticket_view
+from signaling.wall import Board, LiveSession, build_queues, build_wall
 
 logger = logging.getLogger("hall.signaling")
 
 Handler = Callable[[Participant, Any], Awaitable[dict[str, Any]]]
+
+# The wall's 办不成事 counts are read again after this process changed a case, and at least
+# this often otherwise (changes made elsewhere); not on every pass, not to poll the database.
+_CASE_COUNTS_MAX_AGE_S = 30.0
 
 _LIVE_TICKET = frozenset({TicketState.WAITING, TicketState.TRANSFERRED, TicketState.OFFERED,
                           TicketState.IN_SESSION, TicketState.WRAP_UP})
@@ -86,6 +95,8 @@ class HubConfig:
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 5.0
     position_interval_s: float = 1.0
+    # wall.update / queues.update: views are rebuilt this often and sent only if they changed
+    wall_interval_s: float = 1.0
 
 
 @dataclass(slots=True)
@@ -156,6 +167,12 @@ class SignalingHub:
         )
         self.participants = Participants()
         self.sessions = Sessions()
+        self.kiosks = Kiosks(hall.catalog.service_points)
+        # participant id -> fingerprint of the wall / queue view it was last sent
+        self._views_sent: dict[str, bytes] = {}
+        self._case_counts: dict[str, int] = {"open": 0, "overdue": 0}  # last known
+        self._case_counts_at: float | None = None  # loop time of that read; None: read again
+        self._pusher: asyncio.Task[None] | None = None
         self._pending: dict[str, str] = {}  # sid -> remote address, not yet authenticated
         self._graces: dict[str, asyncio.Task[None]] = {}  # participant id -> grace timer
         self._pushes: dict[str, _QueuePush] = {}
@@ -185,12 +202,15 @@ class SignalingHub:
             "rtc.signal": self._rtc_signal,
             "media.screen": self._media_screen,
             "chat.send": self._chat_send,
+            "session.note": self._session_note,
+            "kiosk.health": self._kiosk_health,
             "session.rate": self._session_rate,
             "case.file": self._case_file,
             "case.mine": self._case_mine,
             "case.lookup": self._case_lookup,
             "case.act": self._case_act,
             "case.overdue": self._case_overdue,
+            "case.list": self._case_list,
             "prereview.start": self._prereview_start,
             "prereview.mark": self._prereview_mark,
             "prereview.finish": self._prereview_finish,
@@ -207,12 +227,18 @@ class SignalingHub:
     async def start(self) -> None:
         self._unsubscribe = self.hall.subscribe(self._notices.put_nowait)
         self._tasks.spawn(self._deliver_notices(), "hub-notices")
+        self._pusher = asyncio.create_task(self._push_views_forever(), name="hub-views")
 
     async def close(self) -> None:
         """Stop delivering and cancel every timer; idempotent."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._pusher is not None:
+            self._pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pusher
+            self._pusher = None
         for task in self._graces.values():
             task.cancel()
         self._graces.clear()
@@ -227,7 +253,8 @@ class SignalingHub:
         if isinstance(auth, dict) and auth:
             try:
                 hello = p.parse(p.Hello, auth)
-                participant, welcome, start = await self._authenticate(sid, address, hello)
+                participant, welcome, start, back = await self._authenticate(sid, address,
+                                                                             hello)
             except HallError as err:
                 # Two arguments: clients get ``message`` and ``data: {code, message}`` (one
                 # argument would be stringified by python-socketio, losing the code).
@@ -236,8 +263,7 @@ class SignalingHub:
                 ) from None
             # Greet once the handshake is answered: a message emitted from inside the connect
             # handler would reach the client before its CONNECT packet.
-            self._tasks.spawn(self._greet(participant, welcome, start, hello.resume is not None),
-                              f"greet-{sid}")
+            self._tasks.spawn(self._greet(participant, welcome, start, back), f"greet-{sid}")
             return
         self._pending[sid] = address
         self._tasks.spawn(self._auth_deadline(sid), f"auth-deadline-{sid}")
@@ -252,9 +278,11 @@ class SignalingHub:
 
     async def _authenticate(
         self, sid: str, address: str, hello: p.Hello
-    ) -> tuple[Participant, dict[str, Any], int]:
-        """Check credentials and bind the socket; returns the welcome and the seq to replay
-        from (the client's ``last_seq`` on resume, else everything numbered from now on)."""
+    ) -> tuple[Participant, dict[str, Any], int, bool]:
+        """Check credentials and bind the socket; returns the welcome, the seq to replay
+        from (the client's ``last_seq`` on resume, else everything numbered from now on), and
+        whether the participant is coming back from a drop (resumed, or a fresh connection
+        within the grace, e.g. a reloaded page): its peer is then told it is back."""
         self.throttle.check(address)
         try:
             if hello.resume is not None:
@@ -281,23 +309,32 @@ class SignalingHub:
         grace = self._graces.pop(participant.id, None)
         if grace is not None:
             grace.cancel()
+        back = hello.resume is not None or grace is not None
         if principal.role == Role.CLERK:
             await self.hall.login(principal.subject)
+        if principal.role == Role.KIOSK:
+            await self._kiosk_presence(participant, online=True)
         welcome = await self._welcome(participant, hello.resume is not None)
-        return participant, welcome, start
+        return participant, welcome, start, back
 
     async def _greet(
-        self, participant: Participant, welcome: dict[str, Any], start: int, resumed: bool
+        self, participant: Participant, welcome: dict[str, Any], start: int, back: bool
     ) -> None:
         """Send the welcome, then every message numbered after ``start``, then go live."""
         sid = participant.sid
         if sid is None:
             return
         await self.sio.emit("welcome", welcome, to=sid)
+        try:
+            await self._push_views(only=participant)
+        except Exception:
+            # The pusher sends it within a second anyway: a view that cannot be built must
+            # not cost the participant its replay.
+            logger.exception("first view for %s failed", participant.id)
         for event, payload in participant.since(start):
             await self.sio.emit(event, payload, to=sid)
         participant.greeted = True
-        if resumed:
+        if back:
             await self._came_back(participant)
 
     async def _welcome(self, participant: Participant, resumed: bool) -> dict[str, Any]:
@@ -306,7 +343,7 @@ class SignalingHub:
         for live in self.sessions.of(participant.id):
             if participant.id in (live.resident, live.clerk):
                 session = await self._session_view(live, participant)
-        return {
+        welcome: dict[str, Any] = {
             "participant": participant.id,
             "role": participant.principal.role.value,
             "name": participant.principal.name,
@@ -317,6 +354,16 @@ class SignalingHub:
             "ticket": ticket_view(ticket) if ticket else None,
             "session": session,
         }
+        if participant.principal.role == Role.CLERK:
+            # A reloaded console gets its exact state back, and a pending offer with its
+            # deadline (the countdown goes on where it was).
+            clerk = await self.hall.get_clerk(participant.principal.subject)
+            welcome["clerk"] = clerk_view(clerk)
+            welcome["offer"] = (
+                offer_view(ticket, self.now(), self.hall.policy.offer_timeout_s)
+                if ticket is not None and ticket.state == TicketState.OFFERED else None
+            )
+        return welcome
 
     async def _current_ticket(self, participant: Participant) -> Ticket | None:
         if participant.principal.role == Role.CLERK:
@@ -331,6 +378,9 @@ class SignalingHub:
         participant = self.participants.detach(sid, self.now())
         if participant is None:
             return  # never authenticated, or replaced by a newer connection
+        self._views_sent.pop(participant.id, None)
+        if participant.principal.role == Role.KIOSK:
+            await self._kiosk_presence(participant, online=False)
         for live in self.sessions.of(participant.id):
             if participant.id in (live.resident, live.clerk):
                 await self._send(live.peer_of(participant.id), "session.peer",
@@ -403,8 +453,8 @@ class SignalingHub:
         if address is None:
             raise AuthError("connection not known")
         hello = p.parse(p.Hello, data)
-        participant, welcome, start = await self._authenticate(sid, address, hello)
-        await self._greet(participant, welcome, start, hello.resume is not None)
+        participant, welcome, start, back = await self._authenticate(sid, address, hello)
+        await self._greet(participant, welcome, start, back)
         return p.ok(**welcome)
 
     # -- residents and kiosks -------------------------------------------------------------
@@ -566,6 +616,7 @@ class SignalingHub:
             ticket = await self.hall.get_ticket(req.ticket_id)
         case = await self._desk().file(participant.principal, req.matter_id, req.description,
                                        ticket, time.time())
+        self._case_counts_at = None
         return p.ok(case=case_view(case))
 
     async def _case_mine(self, participant: Participant, req: Any) -> dict[str, Any]:
@@ -578,6 +629,7 @@ class SignalingHub:
     async def _case_act(self, participant: Participant, req: Any) -> dict[str, Any]:
         case = await self._desk().act(participant.principal, req.case_id, req.action,
                                       to=req.to, note=req.note, now=time.time())
+        self._case_counts_at = None
         if case.reporter is not None and case.reporter != participant.id:
             await self._send(case.reporter, "case.update", {"case": case_view(case)})
         return p.ok(case=case_view(case))
@@ -585,9 +637,15 @@ class SignalingHub:
     async def _case_overdue(self, participant: Participant, req: Any) -> dict[str, Any]:
         return p.ok(cases=[case_view(c) for c in await self._desk().book.overdue()])
 
+    async def _case_list(self, participant: Participant, req: Any) -> dict[str, Any]:
+        state = CaseState(req.state) if req.state is not None else None
+        cases = await self._desk().book.listing(state=state, limit=req.limit)
+        return p.ok(cases=[case_view(c) for c in cases])
+
     async def sweep_cases(self, now: float | None = None) -> int:
         """Apply passed case deadlines; tell every connected supervisor what escalated."""
         escalated = await self._desk().sweep(time.time() if now is None else now)
+        self._case_counts_at = None
         for case in escalated:
             for participant in self.participants.all():
                 if participant.principal.role == Role.SUPERVISOR:
@@ -660,8 +718,127 @@ class SignalingHub:
             "name": participant.principal.name})
         return p.ok()
 
+    async def _session_note(self, participant: Participant, req: Any) -> dict[str, Any]:
+        """The clerk's private note: logged, and kept with the session for the clerk's view
+        (a reload or resume gets them back); never sent to the resident or monitors."""
+        live = self.sessions.get(req.session_id)
+        if participant.id != live.clerk:
+            raise ForbiddenError("only the session's clerk writes notes on it")
+        note = await self.hall.record_note(live.id, participant.principal.subject, req.text)
+        view = {"id": note.id, "text": note.text, "at": note.at}
+        live.add_note(view)
+        return p.ok(note=view)
+
+    # -- kiosks --------------------------------------------------------------------------------
+    @staticmethod
+    def _kiosk_id(participant: Participant) -> str:
+        principal = participant.principal
+        return principal.service_point_id or principal.subject
+
+    async def _kiosk_presence(self, participant: Participant, *, online: bool) -> None:
+        kiosk_id = self._kiosk_id(participant)
+        now = self.now()
+        changed = (self.kiosks.connected(kiosk_id, now) if online
+                   else self.kiosks.disconnected(kiosk_id, now))
+        if changed:
+            kind = EventKind.KIOSK_ONLINE if online else EventKind.KIOSK_OFFLINE
+            try:
+                await self.hall.record_kiosk(kiosk_id, kind)
+            except HallError:
+                # The registry (and so the wall) is right; only the log line is missing, and
+                # that must not refuse the kiosk's connection.
+                logger.warning("could not log %s for %s", kind, kiosk_id, exc_info=True)
+
+    async def _kiosk_health(self, participant: Participant, req: Any) -> dict[str, Any]:
+        assert isinstance(req, p.KioskHealth)
+        kiosk_id = self._kiosk_id(participant)
+        report = DeviceReport(req.camera, req.microphone, req.speaker, req.document_camera,
+                              detail=req.detail, agent=req.agent)
+        if self.kiosks.changes(kiosk_id, report):
+            # Logged before it is kept: a report whose log line failed is not swallowed as
+            # "no change" when the kiosk sends it again.
+            await self.hall.record_kiosk(kiosk_id, EventKind.KIOSK_HEALTH, **report.to_dict(),
+                                         failed=report.failed, agent=report.agent)
+        self.kiosks.report(kiosk_id, report, self.now())
+        return p.ok()
+
+    # -- wallboard and queue views -------------------------------------------------------------
     async def _wall_snapshot(self, participant: Participant, req: Any) -> dict[str, Any]:
-        return p.ok(snapshot=await self.hall.snapshot())
+        return p.ok(snapshot=(await self._wall(await self.hall.snapshot())).view)
+
+    async def _wall(self, snapshot: dict[str, Any]) -> Board:
+        names = {c["id"]: c["name"] for c in snapshot["clerks"]}
+        sessions = []
+        for live in self.sessions.all():
+            try:
+                ticket = await self.hall.get_ticket(live.id)
+            except NotFoundError:
+                continue  # ended meanwhile
+            sessions.append(LiveSession(
+                session_id=live.id, ticket_number=ticket.number, matter_id=ticket.matter_id,
+                clerk_id=ticket.clerk_id, clerk_name=names.get(ticket.clerk_id or "", ""),
+                channel=ticket.channel.value, service_point_id=ticket.service_point_id,
+                started_at=ticket.session_started_at, monitors=len(live.monitors)))
+        return build_wall(self.hall.catalog, self.hall.policy, snapshot,
+                          await self.hall.day_stats(), self.kiosks.all(), sessions,
+                          await self._cases_now())
+
+    async def _cases_now(self) -> dict[str, int]:
+        now = asyncio.get_running_loop().time()
+        if self.cases is None or (self._case_counts_at is not None
+                                  and now - self._case_counts_at < _CASE_COUNTS_MAX_AGE_S):
+            return self._case_counts
+        # Marked fresh before the read: a case changed while it runs marks it stale again.
+        self._case_counts_at = now
+        try:
+            self._case_counts = await self.cases.book.counts()
+        except Exception:
+            # The records database being away must not freeze the whole wall: it shows the
+            # last counts known until the database answers again.
+            self._case_counts_at = None
+            logger.warning("case counts unavailable; the wall keeps the last known",
+                           exc_info=True)
+        return self._case_counts
+
+    async def _push_views_forever(self) -> None:
+        while True:
+            try:
+                await self._push_views()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("pushing wall and queue views failed; trying again")
+            await asyncio.sleep(self.config.wall_interval_s)
+
+    async def _push_views(self, only: Participant | None = None) -> None:
+        """Send supervisors the wall and clerks their queues: to ``only`` unconditionally
+        (it was just welcomed), else to every greeted one whose view changed. Unnumbered and
+        not kept for replay: each view replaces the last, a resumed client gets a fresh one."""
+        if only is not None:
+            targets = [only]
+        else:
+            targets = [x for x in self.participants.all() if x.sid is not None and x.greeted]
+        targets = [x for x in targets
+                   if x.principal.role in (Role.SUPERVISOR, Role.CLERK)]
+        if not targets:
+            return
+        snapshot = await self.hall.snapshot()
+        wall: Board | None = None
+        for participant in targets:
+            if participant.principal.role == Role.SUPERVISOR:
+                if wall is None:
+                    wall = await self._wall(snapshot)
+                board, event, payload = wall, "wall.update", {"wall": wall.view}
+            else:
+                board = build_queues(self.hall.catalog, snapshot, participant.principal.subject)
+                event, payload = "queues.update", board.view
+            if only is None and self._views_sent.get(participant.id) == board.key:
+                continue
+            sid = participant.sid
+            if sid is None:
+                continue  # gone while the view was built
+            self._views_sent[participant.id] = board.key
+            await self.sio.emit(event, payload, to=sid)
 
     def _ice(self, participant_id: str) -> list[dict[str, Any]]:
         c = self.config
@@ -694,6 +871,7 @@ class SignalingHub:
         view["chat"] = list(live.chat)
         if is_clerk:
             view["monitors"] = sorted(live.monitors)
+            view["notes"] = list(live.notes)
         return view
 
     # ------------------------------------------------------------------ session files
@@ -808,6 +986,7 @@ class SignalingHub:
             # 办不成事: a clerk's "could not be completed" files a case for the resident.
             reporter = owner if owner is not None and owner.startswith("resident:") else None
             case = await self.cases.file_from_outcome(ticket, reporter, time.time())
+            self._case_counts_at = None
             if owner is not None:
                 await self._send(owner, "case.update", {"case": case_view(case)})
         if ticket.is_final:
@@ -849,8 +1028,8 @@ class SignalingHub:
 
 
 def _offer_fields(data: dict[str, Any]) -> dict[str, Any]:
-    keys = ("number", "matter_id", "kind", "priority", "callback", "transfers", "wait_s",
-            "deadline", "timeout_s")
+    keys = ("number", "matter_id", "kind", "priority", "callback", "callback_contact",
+            "transfers", "wait_s", "deadline", "timeout_s")
     return {k: data.get(k) for k in keys}
 
 

@@ -8,12 +8,14 @@ is refused), so what passes validation is exactly what the contract allows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 
+from rooms.cases import CaseState
 from rooms.errors import HallError
+from rooms.hall import MAX_NOTE_CHARS
 from signaling.identity import Role
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -115,6 +117,24 @@ class ChatSend(Payload):
                                            max_length=MAX_CHAT_CHARS)]
 
 
+class SessionNote(Payload):
+    session_id: Id
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                           max_length=MAX_NOTE_CHARS)]
+
+
+DeviceState = Literal["ok", "failed", "absent"]
+
+
+class KioskHealth(Payload):
+    camera: DeviceState
+    microphone: DeviceState
+    speaker: DeviceState
+    document_camera: DeviceState
+    detail: Annotated[str, StringConstraints(max_length=300)] | None = None
+    agent: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
 class SessionRate(Payload):
     ticket_id: Id
     score: Annotated[int, Field(ge=1, le=5)]
@@ -145,6 +165,16 @@ class CaseAct(Payload):
     action: Literal["assign", "start", "resolve", "confirm", "reopen"]
     to: Id | None = None
     note: ShortText | None = None
+
+
+CaseStateName = Literal["open", "assigned", "in_progress", "resolved", "closed", "reopened"]
+# Strict schemas take no enum coercion: the literal must list exactly the case states.
+assert set(get_args(CaseStateName)) == {s.value for s in CaseState}
+
+
+class CaseList(Payload):
+    state: CaseStateName | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 200
 
 
 class MediaScreen(Payload):
@@ -186,12 +216,15 @@ EVENTS: dict[str, EventSpec] = {
     "rtc.signal": EventSpec(RtcSignal, frozenset({*IN_SESSION, Role.SUPERVISOR})),
     "media.screen": EventSpec(MediaScreen, IN_SESSION),
     "chat.send": EventSpec(ChatSend, IN_SESSION),
+    "session.note": EventSpec(SessionNote, CLERKS),
+    "kiosk.health": EventSpec(KioskHealth, frozenset({Role.KIOSK})),
     "session.rate": EventSpec(SessionRate, RESIDENTS),
     "case.file": EventSpec(CaseFile, RESIDENTS),
     "case.mine": EventSpec(Empty, frozenset({Role.RESIDENT})),
     "case.lookup": EventSpec(CaseLookup, RESIDENTS),
     "case.act": EventSpec(CaseAct, frozenset({Role.RESIDENT, Role.CLERK, Role.SUPERVISOR})),
     "case.overdue": EventSpec(Empty, SUPERVISORS),
+    "case.list": EventSpec(CaseList, SUPERVISORS),
     "prereview.start": EventSpec(SessionRef, CLERKS),
     "prereview.mark": EventSpec(PrereviewMark, CLERKS),
     "prereview.finish": EventSpec(SessionRef, CLERKS),

@@ -20,10 +20,15 @@ class MediaSession:
     clerk: str
     monitors: set[str] = field(default_factory=set)
     chat: list[dict[str, Any]] = field(default_factory=list)  # oldest first, capped
+    notes: list[dict[str, Any]] = field(default_factory=list)  # the clerk's, oldest first
 
     def add_chat(self, message: dict[str, Any], limit: int = 500) -> None:
         self.chat.append(message)
         del self.chat[:-limit]
+
+    def add_note(self, note: dict[str, Any], limit: int = 200) -> None:
+        self.notes.append(note)
+        del self.notes[:-limit]
 
     def peer_of(self, participant_id: str) -> str:
         if participant_id == self.resident:
@@ -86,6 +91,10 @@ class Sessions:
         session.monitors.discard(participant_id)
         self._by_participant.get(participant_id, set()).discard(session_id)
         return session
+
+    def all(self) -> list[MediaSession]:
+        """Every live session, by id."""
+        return [self._sessions[s] for s in sorted(self._sessions)]
 
     def of(self, participant_id: str) -> list[MediaSession]:
         return [self._sessions[s] for s in sorted(self._by_participant.get(participant_id, ()))

@@ -30,6 +30,25 @@ def ticket_view(ticket: Ticket) -> dict[str, Any]:
     }
 
 
+def offer_view(ticket: Ticket, now: float, timeout_s: float) -> dict[str, Any]:
+    """An offer as ``offer.new`` carries it; the clerk's welcome repeats it after a reload."""
+    return {
+        "ticket_id": ticket.id,
+        "number": ticket.number,
+        "matter_id": ticket.matter_id,
+        "kind": ticket.kind.value,
+        "priority": ticket.priority.value if ticket.priority else None,
+        "callback": ticket.callback_contact is not None,
+        # The clerk phones a callback ticket: the number is for them (never for other
+        # residents, and not in the event log).
+        "callback_contact": ticket.callback_contact,
+        "transfers": ticket.transfers,
+        "wait_s": now - ticket.joined_at,
+        "deadline": ticket.offer_deadline,
+        "timeout_s": timeout_s,
+    }
+
+
 def position_view(info: PositionInfo) -> dict[str, Any]:
     return {"ticket_id": info.ticket_id, "position": info.position, "eta_s": info.eta_s,
             "staffed": info.staffed}

@@ -71,3 +71,7 @@ async def db(records_url: str) -> AsyncIterator[RecordsDB]:
 
 # Real Chromium for the page tests (tests/browserkit.py).
 from tests.browserkit import browser, chromium  # noqa: E402, F401
+
+# Redis (a private redis-server) and the engine's store backends (tests/redisproc.py, hallkit.py).
+from tests.hallkit import new_rig, store_factory, store_kind  # noqa: E402, F401
+from tests.redisproc import redis_server  # noqa: E402, F401

@@ -1,10 +1,18 @@
-"""Shared builders for engine tests: a small catalog, a hall on a manual clock, a notice log."""
+"""Shared builders for engine tests: a small catalog, a hall on a manual clock, a notice log.
+
+The engine tests run on every store backend: ``store_kind`` is ``memory`` or ``redis`` (a
+private redis-server, each store under its own key prefix), ``store_factory`` makes unopened
+stores of that kind, and ``new_rig`` builds rigs on them and closes them after the test.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
+
+import pytest
 
 from rooms.catalog import (
     Catalog,
@@ -24,6 +32,9 @@ from rooms.hall import Hall
 from rooms.memory_store import MemoryStore
 from rooms.notices import Notice, NoticeKind
 from rooms.policy import QueuePolicy
+from rooms.redis_store import RedisStore
+from rooms.store import Store
+from tests.redisproc import RedisServer, drop_prefix, new_prefix
 
 BOTH = frozenset({ServiceKind.CONSULTATION, ServiceKind.PRE_REVIEW})
 CONSULT = frozenset({ServiceKind.CONSULTATION})
@@ -74,7 +85,7 @@ def small_catalog(hours: ServiceHours | None = None) -> Catalog:
 @dataclass
 class Rig:
     hall: Hall
-    store: MemoryStore
+    store: Store
     clock: ManualClock
     notices: list[Notice] = field(default_factory=list)
 
@@ -92,8 +103,24 @@ class Rig:
         return await self.hall.tick()
 
 
-async def make_rig(policy: QueuePolicy | None = None, catalog: Catalog | None = None) -> Rig:
-    store = MemoryStore()
+StoreFactory = Callable[[], Store]
+
+
+class RigMaker(Protocol):
+    def __call__(
+        self, policy: QueuePolicy | None = None, catalog: Catalog | None = None
+    ) -> Awaitable[Rig]: ...
+
+
+async def make_rig(
+    policy: QueuePolicy | None = None,
+    catalog: Catalog | None = None,
+    store_factory: StoreFactory = MemoryStore,
+) -> Rig:
+    """A started hall on a fresh store from ``store_factory`` (opened here; the caller closes
+    it with ``rig.store.close()``)."""
+    store = store_factory()
+    await store.open()
     clock = ManualClock()
     hall = Hall(catalog or small_catalog(), store, clock=clock, policy=policy or QueuePolicy())
     await hall.start()
@@ -104,3 +131,45 @@ async def make_rig(policy: QueuePolicy | None = None, catalog: Catalog | None = 
 
     hall.subscribe(collect)
     return rig
+
+
+# -- fixtures (registered in tests/conftest.py) -------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_factory(store_kind: str, request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
+    """Unopened stores of the test's kind; Redis ones each get a key prefix of their own, and
+    every key under those prefixes is deleted after the test."""
+    if store_kind == "memory":
+        yield MemoryStore
+        return
+    # Looked up only here, so a run of the memory tests alone never starts redis-server.
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefixes: list[str] = []
+
+    def make() -> Store:
+        prefixes.append(new_prefix())
+        return RedisStore(server.url, prefix=prefixes[-1])
+
+    yield make
+    for prefix in prefixes:
+        drop_prefix(server.url, prefix)
+
+
+@pytest.fixture
+async def new_rig(store_factory: StoreFactory) -> AsyncIterator[RigMaker]:
+    """``await new_rig(policy=None, catalog=None)``: a rig on the test's store kind."""
+    rigs: list[Rig] = []
+
+    async def make(policy: QueuePolicy | None = None, catalog: Catalog | None = None) -> Rig:
+        rigs.append(await make_rig(policy, catalog, store_factory))
+        return rigs[-1]
+
+    yield make
+    for rig in rigs:
+        await rig.store.close()

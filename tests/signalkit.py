@@ -65,7 +65,9 @@ async def live_hall(env: Mapping[str, str] | None = None) -> AsyncIterator[LiveH
     settings = Settings.from_env({
         "HALL_DATA_DIR": data_dir,
         "HALL_DEMO_PASSWORD": PASSWORD,
-        "HALL_DATABASE_URL": "sqlite+aiosqlite:///:memory:",
+        # A file, as in production: an in-memory SQLite is one shared connection, on which
+        # two concurrent writers (an upload and a sweep) collide.
+        "HALL_DATABASE_URL": f"sqlite+aiosqlite:///{data_dir}/records.sqlite3",
         "HALL_PORT": str(port),
         **(env or {}),
     })

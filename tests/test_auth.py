@@ -818,7 +818,10 @@ password_hash = "{hash_password("file-pw")}"
 def test_serve_demo_prints_a_kiosk_secret(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`hall serve --demo` prints XH-001's demo kiosk secret."""
+    """`hall serve --demo` prints XH-001's demo kiosk secret and its screen's address."""
     app = create_app(Settings(data_dir=tmp_path, secret_key=SECRET), demo=True)
-    _print_demo_kiosk(app)
-    assert f"kiosk XH-001 secret: {demo_kiosk_secret(SECRET, 'XH-001')}" in capsys.readouterr().out
+    _print_demo_kiosk(app, "http://127.0.0.1:8080/")
+    secret = demo_kiosk_secret(SECRET, "XH-001")
+    out = capsys.readouterr().out
+    assert f"kiosk XH-001 secret: {secret}" in out
+    assert f"http://127.0.0.1:8080/kiosk/XH-001#secret={secret}" in out

@@ -159,6 +159,16 @@ async def test_only_allow_listed_libraries_are_served(client: Client) -> None:
         assert (await client.get(path)).status == 404, path
 
 
+async def test_pdf_data_files_are_served_by_plain_name(client: Client) -> None:
+    """pdf.js's character maps and fonts are reachable by name, and nothing beside them."""
+    cmap = await client.get("/vendor/pdfjs-cmaps/UniGB-UCS2-H.bcmap")
+    assert cmap.status == 200 and len(await cmap.read()) > 100
+    assert (await client.get("/vendor/pdfjs-fonts/FoxitFixed.pfb")).status == 200
+    for path in ("/vendor/pdfjs-cmaps/..%2F..%2Fpackage.json", "/vendor/pdfjs-cmaps/.hidden",
+                 "/vendor/elsewhere/LICENSE"):
+        assert (await client.get(path)).status == 404, path
+
+
 async def test_missing_libraries_answer_a_clear_503(tmp_path: Path) -> None:
     """Without the npm install the hall still runs; the library route says what is missing."""
     settings = Settings(data_dir=tmp_path, secret_key=SECRET, vendor_dir=tmp_path / "none")

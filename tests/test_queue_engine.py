@@ -1,4 +1,7 @@
-"""Behaviour of the queue engine: routing, fairness, offers, wrap-up, transfer, guardrails."""
+"""Behaviour of the queue engine: routing, fairness, offers, wrap-up, transfer, guardrails.
+
+Every test runs once per store backend (``[memory]``, ``[redis]``: see tests/hallkit.py).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from rooms.hall import Unstaffed
 from rooms.notices import NoticeKind
 from rooms.policy import QueuePolicy
 from rooms.tickets import Channel, PriorityReason, TicketState
-from tests.hallkit import make_rig, small_catalog
+from tests.hallkit import RigMaker, small_catalog
 
 WAIT = Unstaffed.WAIT
 
@@ -27,9 +30,9 @@ WAIT = Unstaffed.WAIT
 # ---------------------------------------------------------------- routing
 
 
-async def test_join_is_offered_to_the_eligible_clerk_idle_longest() -> None:
+async def test_join_is_offered_to_the_eligible_clerk_idle_longest(new_rig: RigMaker) -> None:
     """A new ticket goes to the eligible available clerk who has been idle the longest."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c2")
     await rig.advance(5)
     await rig.hall.login("c1")
@@ -41,18 +44,20 @@ async def test_join_is_offered_to_the_eligible_clerk_idle_longest() -> None:
     assert [(n.ticket_id, n.clerk_id) for n in offers] == [(ticket.id, "c2")]
 
 
-async def test_ticket_is_not_offered_to_clerk_without_the_skill() -> None:
+async def test_ticket_is_not_offered_to_clerk_without_the_skill(new_rig: RigMaker) -> None:
     """A clerk who does not serve the matter is never offered its tickets."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c4")  # medical only
     ticket = await rig.hall.join("residence", when_unstaffed=WAIT)
     assert ticket.state == TicketState.WAITING
     assert (await rig.hall.get_clerk("c4")).state == ClerkState.AVAILABLE
 
 
-async def test_freed_clerk_takes_lowest_order_ticket_across_all_their_matters() -> None:
+async def test_freed_clerk_takes_lowest_order_ticket_across_all_their_matters(
+    new_rig: RigMaker,
+) -> None:
     """A comprehensive-window clerk gets the longest-waiting ticket over every matter served."""
-    rig = await make_rig()
+    rig = await new_rig()
     first = await rig.hall.join("employment", when_unstaffed=WAIT)
     await rig.advance(1)
     await rig.hall.join("residence", when_unstaffed=WAIT)
@@ -60,9 +65,9 @@ async def test_freed_clerk_takes_lowest_order_ticket_across_all_their_matters() 
     assert clerk.ticket_id == first.id
 
 
-async def test_two_clerks_freeing_at_once_get_different_tickets_in_order() -> None:
+async def test_two_clerks_freeing_at_once_get_different_tickets_in_order(new_rig: RigMaker) -> None:
     """Two clerks finishing together never share a ticket; the earlier one gets the head."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c1")
     await rig.hall.login("c2")
     a = await rig.hall.join("residence")
@@ -82,9 +87,9 @@ async def test_two_clerks_freeing_at_once_get_different_tickets_in_order() -> No
     assert x.state == y.state == TicketState.OFFERED
 
 
-async def test_widening_after_wait_reaches_secondary_clerk() -> None:
+async def test_widening_after_wait_reaches_secondary_clerk(new_rig: RigMaker) -> None:
     """After the matter's widen_after_s a ticket may go to a secondary-skilled clerk."""
-    rig = await make_rig(QueuePolicy(priority_credit_s=0))
+    rig = await new_rig(QueuePolicy(priority_credit_s=0))
     await rig.hall.login("c3")  # secondary hr
     ticket = await rig.hall.join("residence", when_unstaffed=WAIT)
     assert ticket.state == TicketState.WAITING
@@ -97,9 +102,9 @@ async def test_widening_after_wait_reaches_secondary_clerk() -> None:
     assert offer.data["widened"] is True
 
 
-async def test_secondary_clerk_prefers_own_matters_only_by_order() -> None:
+async def test_secondary_clerk_prefers_own_matters_only_by_order(new_rig: RigMaker) -> None:
     """A freed secondary clerk still takes widened tickets strictly in order with its own."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c4")
     await rig.hall.set_break("c4", "lunch")
     hr = await rig.hall.join("residence", when_unstaffed=WAIT)
@@ -112,9 +117,9 @@ async def test_secondary_clerk_prefers_own_matters_only_by_order() -> None:
 # ---------------------------------------------------------------- fairness and order
 
 
-async def test_priority_credit_overtakes_recent_joiners_only() -> None:
+async def test_priority_credit_overtakes_recent_joiners_only(new_rig: RigMaker) -> None:
     """Elderly residents go ahead of those who joined less than the credit ago, not others."""
-    rig = await make_rig(QueuePolicy(priority_credit_s=600))
+    rig = await new_rig(QueuePolicy(priority_credit_s=600))
     old = await rig.hall.join("residence", when_unstaffed=WAIT)
     await rig.advance(700)
     recent = await rig.hall.join("residence", when_unstaffed=WAIT)
@@ -125,17 +130,17 @@ async def test_priority_credit_overtakes_recent_joiners_only() -> None:
     assert order == [old.id, elderly.id, recent.id]
 
 
-async def test_equal_scores_are_ordered_by_ticket_id() -> None:
+async def test_equal_scores_are_ordered_by_ticket_id(new_rig: RigMaker) -> None:
     """Tickets joining at the same instant are served in the order they were created."""
-    rig = await make_rig()
+    rig = await new_rig()
     ids = [(await rig.hall.join("residence", when_unstaffed=WAIT)).id for _ in range(5)]
     assert [t.id for t in await rig.hall.queue_tickets("residence")] == ids
     assert ids == sorted(ids)
 
 
-async def test_shown_position_never_increases_when_priority_overtakes() -> None:
+async def test_shown_position_never_increases_when_priority_overtakes(new_rig: RigMaker) -> None:
     """A priority arrival may overtake, but the position shown to a resident never goes up."""
-    rig = await make_rig()
+    rig = await new_rig()
     a = await rig.hall.join("residence", when_unstaffed=WAIT)
     b = await rig.hall.join("residence", when_unstaffed=WAIT)
     assert (await rig.hall.position(b.id)).position == 2
@@ -149,9 +154,9 @@ async def test_shown_position_never_increases_when_priority_overtakes() -> None:
     assert (await rig.hall.position(b.id)).position == 2
 
 
-async def test_position_and_eta_follow_handle_time_and_clerks_on_duty() -> None:
+async def test_position_and_eta_follow_handle_time_and_clerks_on_duty(new_rig: RigMaker) -> None:
     """ETA is ceil(position / clerks on duty) x the matter's live handle time."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c1")
     await rig.hall.set_break("c1", "meeting")
     tickets = [await rig.hall.join("residence", when_unstaffed=WAIT) for _ in range(3)]
@@ -173,9 +178,9 @@ async def test_position_and_eta_follow_handle_time_and_clerks_on_duty() -> None:
     assert info.eta_s == pytest.approx(500)
 
 
-async def test_you_are_next_is_a_distinct_notice_sent_once() -> None:
+async def test_you_are_next_is_a_distinct_notice_sent_once(new_rig: RigMaker) -> None:
     """The resident who reaches the head of the queue gets one 'you are next' notice."""
-    rig = await make_rig()
+    rig = await new_rig()
     a = await rig.hall.join("residence", when_unstaffed=WAIT)
     b = await rig.hall.join("residence", when_unstaffed=WAIT)
     assert [n.ticket_id for n in rig.of_kind(NoticeKind.YOU_ARE_NEXT)] == [a.id]
@@ -188,9 +193,9 @@ async def test_you_are_next_is_a_distinct_notice_sent_once() -> None:
 # ---------------------------------------------------------------- offers
 
 
-async def test_missed_offer_goes_back_with_its_place_to_next_clerk() -> None:
+async def test_missed_offer_goes_back_with_its_place_to_next_clerk(new_rig: RigMaker) -> None:
     """An offer not accepted in time returns the ticket to its place and offers it on."""
-    rig = await make_rig(QueuePolicy(offer_timeout_s=20, max_missed_offers=3))
+    rig = await new_rig(QueuePolicy(offer_timeout_s=20, max_missed_offers=3))
     await rig.hall.login("c1")
     first = await rig.hall.join("residence")
     second = await rig.hall.join("residence", when_unstaffed=WAIT)
@@ -207,9 +212,9 @@ async def test_missed_offer_goes_back_with_its_place_to_next_clerk() -> None:
     assert EventKind.MISS in await rig.kinds_for(first.id)
 
 
-async def test_missing_k_offers_in_a_row_puts_clerk_on_break() -> None:
+async def test_missing_k_offers_in_a_row_puts_clerk_on_break(new_rig: RigMaker) -> None:
     """A clerk who misses K offers in a row is put on break automatically."""
-    rig = await make_rig(QueuePolicy(offer_timeout_s=10, max_missed_offers=2,
+    rig = await new_rig(QueuePolicy(offer_timeout_s=10, max_missed_offers=2,
                                      decline_cooldown_s=1))
     await rig.hall.login("c1")
     ticket = await rig.hall.join("residence")
@@ -224,9 +229,9 @@ async def test_missing_k_offers_in_a_row_puts_clerk_on_break() -> None:
     assert brk and brk[-1].data == {"reason": "missed_offers", "auto": True}
 
 
-async def test_accept_at_the_deadline_loses_to_the_timeout() -> None:
+async def test_accept_at_the_deadline_loses_to_the_timeout(new_rig: RigMaker) -> None:
     """An accept arriving as the offer times out is refused and the ticket moves on."""
-    rig = await make_rig(QueuePolicy(offer_timeout_s=20, max_missed_offers=5))
+    rig = await new_rig(QueuePolicy(offer_timeout_s=20, max_missed_offers=5))
     await rig.hall.login("c1")
     ticket = await rig.hall.join("residence")
     await rig.hall.login("c2")
@@ -239,9 +244,9 @@ async def test_accept_at_the_deadline_loses_to_the_timeout() -> None:
     assert await rig.hall.tick() == 0 or (await rig.hall.get_ticket(ticket.id)).clerk_id == "c2"
 
 
-async def test_only_the_offered_clerk_can_accept() -> None:
+async def test_only_the_offered_clerk_can_accept(new_rig: RigMaker) -> None:
     """Another clerk cannot accept a ticket offered to someone else; nothing changes."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c1")
     await rig.hall.login("c2")
     ticket = await rig.hall.join("residence")
@@ -252,9 +257,9 @@ async def test_only_the_offered_clerk_can_accept() -> None:
     assert (await rig.hall.get_ticket(ticket.id)).state == TicketState.OFFERED
 
 
-async def test_declined_ticket_returns_to_same_clerk_only_after_cooldown() -> None:
+async def test_declined_ticket_returns_to_same_clerk_only_after_cooldown(new_rig: RigMaker) -> None:
     """A declining clerk is not re-offered the same ticket until the cooldown ends."""
-    rig = await make_rig(QueuePolicy(offer_timeout_s=20, decline_cooldown_s=30))
+    rig = await new_rig(QueuePolicy(offer_timeout_s=20, decline_cooldown_s=30))
     await rig.hall.login("c1")
     ticket = await rig.hall.join("residence")
     await rig.hall.decline("c1", ticket.id)
@@ -266,9 +271,9 @@ async def test_declined_ticket_returns_to_same_clerk_only_after_cooldown() -> No
     assert (await rig.hall.get_ticket(ticket.id)).clerk_id == "c1"
 
 
-async def test_resident_leaving_while_offered_frees_clerk_for_next() -> None:
+async def test_resident_leaving_while_offered_frees_clerk_for_next(new_rig: RigMaker) -> None:
     """A resident leaving during the offer is an abandon; the clerk gets the next ticket."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c1")
     a = await rig.hall.join("residence")
     await rig.advance(7)
@@ -283,9 +288,11 @@ async def test_resident_leaving_while_offered_frees_clerk_for_next() -> None:
     assert abandon.data["state"] == "offered"
 
 
-async def test_disconnect_past_grace_is_an_abandon_and_reconnect_keeps_ticket() -> None:
+async def test_disconnect_past_grace_is_an_abandon_and_reconnect_keeps_ticket(
+    new_rig: RigMaker,
+) -> None:
     """A disconnected resident keeps the ticket for the grace period, then abandons."""
-    rig = await make_rig(QueuePolicy(abandon_grace_s=30))
+    rig = await new_rig(QueuePolicy(abandon_grace_s=30))
     kept = await rig.hall.join("residence", when_unstaffed=WAIT)
     lost = await rig.hall.join("residence", when_unstaffed=WAIT)
     await rig.hall.resident_disconnected(kept.id)
@@ -303,9 +310,9 @@ async def test_disconnect_past_grace_is_an_abandon_and_reconnect_keeps_ticket() 
 # ---------------------------------------------------------------- guardrails
 
 
-async def test_no_clerk_on_duty_refuses_unless_wait_or_callback() -> None:
+async def test_no_clerk_on_duty_refuses_unless_wait_or_callback(new_rig: RigMaker) -> None:
     """With nobody on duty a resident is told so, and may wait or leave a callback."""
-    rig = await make_rig()
+    rig = await new_rig()
     with pytest.raises(NoClerkOnDutyError) as err:
         await rig.hall.join("residence")
     assert err.value.code == "no_clerk_on_duty"
@@ -323,9 +330,9 @@ async def test_no_clerk_on_duty_refuses_unless_wait_or_callback() -> None:
     assert (await rig.hall.get_ticket(callback.id)).state == TicketState.WAITING
 
 
-async def test_waiting_ticket_turned_into_callback_keeps_its_place() -> None:
+async def test_waiting_ticket_turned_into_callback_keeps_its_place(new_rig: RigMaker) -> None:
     """A waiting resident may switch to a callback request without losing their place."""
-    rig = await make_rig()
+    rig = await new_rig()
     first = await rig.hall.join("residence", when_unstaffed=WAIT)
     await rig.hall.join("residence", when_unstaffed=WAIT)
     await rig.hall.request_callback(first.id, "021-64870000")
@@ -333,17 +340,17 @@ async def test_waiting_ticket_turned_into_callback_keeps_its_place() -> None:
     assert EventKind.CALLBACK_REQUESTED in await rig.kinds_for(first.id)
 
 
-async def test_matter_nobody_serves_is_refused_even_to_wait() -> None:
+async def test_matter_nobody_serves_is_refused_even_to_wait(new_rig: RigMaker) -> None:
     """A matter no clerk serves is refused with its own code: waiting would be forever."""
-    rig = await make_rig()
+    rig = await new_rig()
     with pytest.raises(NoClerkOnDutyError) as err:
         await rig.hall.join("orphan", when_unstaffed=WAIT)
     assert err.value.code == "matter_not_served"
 
 
-async def test_queue_full_is_refused_and_loses_nothing() -> None:
+async def test_queue_full_is_refused_and_loses_nothing(new_rig: RigMaker) -> None:
     """A full queue refuses the next ticket with queue_full; tickets already in stay."""
-    rig = await make_rig()
+    rig = await new_rig()
     tickets = [await rig.hall.join("medical", when_unstaffed=WAIT) for _ in range(3)]
     with pytest.raises(QueueFullError) as err:
         await rig.hall.join("medical", when_unstaffed=WAIT)
@@ -352,20 +359,20 @@ async def test_queue_full_is_refused_and_loses_nothing() -> None:
     assert len([e for e in await rig.events() if e.kind == EventKind.ENTER_QUEUE]) == 3
 
 
-async def test_outside_service_hours_is_refused_with_next_opening() -> None:
+async def test_outside_service_hours_is_refused_with_next_opening(new_rig: RigMaker) -> None:
     """Outside service hours a ticket is refused and the next opening time is named."""
     hours = ServiceHours(timezone="Asia/Shanghai", weekly={0: ((540, 1020),)})
-    rig = await make_rig(catalog=small_catalog(hours))
+    rig = await new_rig(catalog=small_catalog(hours))
     # ManualClock starts 2023-11-14 22:13 UTC = Wednesday 06:13 in Shanghai: closed.
     with pytest.raises(OutOfHoursError, match="2023-11-20 09:00"):
         await rig.hall.join("residence", when_unstaffed=WAIT)
-    relaxed = await make_rig(QueuePolicy(enforce_hours=False), small_catalog(hours))
+    relaxed = await new_rig(QueuePolicy(enforce_hours=False), small_catalog(hours))
     assert (await relaxed.hall.join("residence", when_unstaffed=WAIT)).is_queued
 
 
-async def test_bad_join_input_is_refused_with_validation_error() -> None:
+async def test_bad_join_input_is_refused_with_validation_error(new_rig: RigMaker) -> None:
     """A kiosk ticket needs a known service point; 'requeued' cannot be requested."""
-    rig = await make_rig()
+    rig = await new_rig()
     with pytest.raises(ValidationError):
         await rig.hall.join("residence", channel=Channel.KIOSK, service_point_id="nope",
                             when_unstaffed=WAIT)
@@ -378,9 +385,9 @@ async def test_bad_join_input_is_refused_with_validation_error() -> None:
     assert enter.service_point_id == "XH-001" and enter.channel == "kiosk"
 
 
-async def test_max_wait_times_the_ticket_out() -> None:
+async def test_max_wait_times_the_ticket_out(new_rig: RigMaker) -> None:
     """A ticket waiting longer than max_wait_s times out and says so in the log."""
-    rig = await make_rig(QueuePolicy(max_wait_s=100))
+    rig = await new_rig(QueuePolicy(max_wait_s=100))
     ticket = await rig.hall.join("residence", when_unstaffed=WAIT)
     await rig.advance(100)
     assert (await rig.hall.get_ticket(ticket.id)).state == TicketState.TIMED_OUT
@@ -397,9 +404,9 @@ async def _in_session(rig, matter: str = "residence", clerk: str = "c1"):  # typ
     return await rig.hall.accept(clerk, ticket.id)
 
 
-async def test_full_session_writes_every_step_to_the_event_log() -> None:
+async def test_full_session_writes_every_step_to_the_event_log(new_rig: RigMaker) -> None:
     """join, offer, accept, session, wrap-up and done are each one event-log line."""
-    rig = await make_rig()
+    rig = await new_rig()
     ticket = await _in_session(rig)
     await rig.advance(300)
     await rig.hall.end_session("c1", ticket.id)
@@ -414,9 +421,11 @@ async def test_full_session_writes_every_step_to_the_event_log() -> None:
     assert seqs == sorted(set(seqs))
 
 
-async def test_wrapup_requires_an_outcome_and_unresolved_requires_a_reason() -> None:
+async def test_wrapup_requires_an_outcome_and_unresolved_requires_a_reason(
+    new_rig: RigMaker,
+) -> None:
     """Wrap-up cannot end without an outcome; 'unresolved' needs a reason."""
-    rig = await make_rig()
+    rig = await new_rig()
     ticket = await _in_session(rig)
     await rig.hall.end_session("c1", ticket.id)
     with pytest.raises(ValidationError, match="outcome code is required"):
@@ -430,9 +439,11 @@ async def test_wrapup_requires_an_outcome_and_unresolved_requires_a_reason() -> 
     assert end.data["outcome"] == "unresolved" and "房产" in end.data["reason"]
 
 
-async def test_wrapup_timer_finishes_with_recorded_outcome_else_stays_overdue() -> None:
+async def test_wrapup_timer_finishes_with_recorded_outcome_else_stays_overdue(
+    new_rig: RigMaker,
+) -> None:
     """The wrap-up timer ends wrap-up only if an outcome is recorded; else it is overdue."""
-    rig = await make_rig(QueuePolicy(wrapup_s=60))
+    rig = await new_rig(QueuePolicy(wrapup_s=60))
     ticket = await _in_session(rig)
     await rig.hall.set_outcome("c1", "resolved")
     await rig.hall.end_session("c1", ticket.id)
@@ -451,9 +462,9 @@ async def test_wrapup_timer_finishes_with_recorded_outcome_else_stays_overdue() 
     assert (await rig.hall.get_ticket(waiting.id)).clerk_id == "c1"
 
 
-async def test_wrapup_extension_is_capped() -> None:
+async def test_wrapup_extension_is_capped(new_rig: RigMaker) -> None:
     """A clerk may extend wrap-up up to the configured total, and no further."""
-    rig = await make_rig(QueuePolicy(wrapup_s=60, wrapup_max_extension_s=120))
+    rig = await new_rig(QueuePolicy(wrapup_s=60, wrapup_max_extension_s=120))
     ticket = await _in_session(rig)
     await rig.hall.end_session("c1", ticket.id)
     await rig.hall.extend_wrapup("c1", 90)
@@ -466,9 +477,9 @@ async def test_wrapup_extension_is_capped() -> None:
     assert (await rig.hall.get_clerk("c1")).state == ClerkState.AVAILABLE
 
 
-async def test_break_requested_in_session_is_taken_after_wrapup() -> None:
+async def test_break_requested_in_session_is_taken_after_wrapup(new_rig: RigMaker) -> None:
     """A break asked for during a session starts when the wrap-up ends."""
-    rig = await make_rig()
+    rig = await new_rig()
     ticket = await _in_session(rig)
     await rig.hall.set_break("c1", "午休")
     await rig.hall.end_session("c1", ticket.id)
@@ -478,9 +489,9 @@ async def test_break_requested_in_session_is_taken_after_wrapup() -> None:
     assert clerk.state == ClerkState.ON_BREAK and clerk.break_reason == "午休"
 
 
-async def test_resident_hanging_up_moves_session_to_wrapup() -> None:
+async def test_resident_hanging_up_moves_session_to_wrapup(new_rig: RigMaker) -> None:
     """A resident leaving during the session ends it; the clerk still records the outcome."""
-    rig = await make_rig()
+    rig = await new_rig()
     ticket = await _in_session(rig)
     await rig.hall.leave(ticket.id)
     assert (await rig.hall.get_ticket(ticket.id)).state == TicketState.WRAP_UP
@@ -488,9 +499,9 @@ async def test_resident_hanging_up_moves_session_to_wrapup() -> None:
     assert end.data["ended_by"] == "resident"
 
 
-async def test_clerk_lost_mid_session_puts_resident_back_at_the_front() -> None:
+async def test_clerk_lost_mid_session_puts_resident_back_at_the_front(new_rig: RigMaker) -> None:
     """If the clerk's connection is lost, the resident is re-queued ahead of later joiners."""
-    rig = await make_rig()
+    rig = await new_rig()
     ticket = await _in_session(rig)
     later = await rig.hall.join("residence", when_unstaffed=WAIT)
     await rig.hall.clerk_disconnected("c1")
@@ -505,9 +516,9 @@ async def test_clerk_lost_mid_session_puts_resident_back_at_the_front() -> None:
 # ---------------------------------------------------------------- transfer
 
 
-async def test_transfer_to_matter_keeps_wait_credit() -> None:
+async def test_transfer_to_matter_keeps_wait_credit(new_rig: RigMaker) -> None:
     """A transferred resident goes ahead of everyone who joined the new matter after them."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c1")
     ticket = await rig.hall.join("residence")
     await rig.hall.accept("c1", ticket.id)
@@ -526,9 +537,11 @@ async def test_transfer_to_matter_keeps_wait_credit() -> None:
     assert transfer.data["to_matter"] == "employment"
 
 
-async def test_transfer_to_matter_nobody_serves_is_refused_and_changes_nothing() -> None:
+async def test_transfer_to_matter_nobody_serves_is_refused_and_changes_nothing(
+    new_rig: RigMaker,
+) -> None:
     """Transfer to an unserved matter fails; the session goes on untouched."""
-    rig = await make_rig()
+    rig = await new_rig()
     ticket = await _in_session(rig)
     before = len(await rig.events())
     with pytest.raises(NoClerkOnDutyError) as err:
@@ -542,9 +555,9 @@ async def test_transfer_to_matter_nobody_serves_is_refused_and_changes_nothing()
     assert len(await rig.events()) == before
 
 
-async def test_transfer_to_named_clerk_waits_for_that_clerk() -> None:
+async def test_transfer_to_named_clerk_waits_for_that_clerk(new_rig: RigMaker) -> None:
     """A transfer to a named clerk is offered to that clerk alone, when they are free."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c2")
     busy = await rig.hall.join("residence")
     await rig.hall.accept("c2", busy.id)
@@ -558,9 +571,9 @@ async def test_transfer_to_named_clerk_waits_for_that_clerk() -> None:
     assert (await rig.hall.get_ticket(ticket.id)).clerk_id == "c2"
 
 
-async def test_named_clerk_logging_out_returns_transfer_to_matter_queue() -> None:
+async def test_named_clerk_logging_out_returns_transfer_to_matter_queue(new_rig: RigMaker) -> None:
     """If the named clerk logs out, the transferred ticket goes to its matter's queue."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c2")
     await rig.hall.set_break("c2", "meeting")
     ticket = await _in_session(rig)
@@ -575,9 +588,9 @@ async def test_named_clerk_logging_out_returns_transfer_to_matter_queue() -> Non
 # ---------------------------------------------------------------- clerk states
 
 
-async def test_clerk_state_rules_name_the_state() -> None:
+async def test_clerk_state_rules_name_the_state(new_rig: RigMaker) -> None:
     """Illegal clerk operations raise errors that name the clerk's current state."""
-    rig = await make_rig()
+    rig = await new_rig()
     with pytest.raises(InvalidStateError, match='state "logged_out"'):
         await rig.hall.set_break("c1", "tea")
     await rig.hall.login("c1")
@@ -592,9 +605,9 @@ async def test_clerk_state_rules_name_the_state() -> None:
     assert kinds == [EventKind.CLERK_LOGIN, EventKind.CLERK_BREAK, EventKind.CLERK_LOGOUT]
 
 
-async def test_break_while_offered_declines_then_breaks() -> None:
+async def test_break_while_offered_declines_then_breaks(new_rig: RigMaker) -> None:
     """Going on break during an offer gives the ticket back first."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c1")
     ticket = await rig.hall.join("residence")
     await rig.hall.set_break("c1", "urgent call")
@@ -603,9 +616,9 @@ async def test_break_while_offered_declines_then_breaks() -> None:
     assert EventKind.DECLINE in await rig.kinds_for(ticket.id)
 
 
-async def test_on_break_clerk_is_not_counted_on_duty() -> None:
+async def test_on_break_clerk_is_not_counted_on_duty(new_rig: RigMaker) -> None:
     """Clerks on break do not count for ETA or for 'no clerk on duty'."""
-    rig = await make_rig()
+    rig = await new_rig()
     await rig.hall.login("c1")
     await rig.hall.set_break("c1", "tea")
     await rig.hall.login("c2")
@@ -617,9 +630,9 @@ async def test_on_break_clerk_is_not_counted_on_duty() -> None:
     assert residence["on_duty"] == 0
 
 
-async def test_transfer_lifts_earlier_decline_cooldowns_on_both_sides() -> None:
+async def test_transfer_lifts_earlier_decline_cooldowns_on_both_sides(new_rig: RigMaker) -> None:
     """A clerk who declined a ticket may be offered it again once it is transferred."""
-    rig = await make_rig(QueuePolicy(decline_cooldown_s=600))
+    rig = await new_rig(QueuePolicy(decline_cooldown_s=600))
     await rig.hall.login("c2")
     ticket = await rig.hall.join("residence")
     await rig.hall.decline("c2", ticket.id)  # c2 skips this ticket for 600 s
@@ -634,9 +647,9 @@ async def test_transfer_lifts_earlier_decline_cooldowns_on_both_sides() -> None:
     assert clerk.ticket_id == ticket.id
 
 
-async def test_resident_rates_a_finished_session_once() -> None:
+async def test_resident_rates_a_finished_session_once(new_rig: RigMaker) -> None:
     """A session that reached a clerk can be rated 1-5 once; the rating is in the log."""
-    rig = await make_rig()
+    rig = await new_rig()
     waiting = await rig.hall.join("employment", when_unstaffed=WAIT)
     with pytest.raises(InvalidStateError, match='state "waiting"'):
         await rig.hall.rate(waiting.id, 5)

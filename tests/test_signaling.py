@@ -192,6 +192,38 @@ async def test_resume_replays_missed_events_in_order_and_token_is_single_use() -
         await reuse.close()
 
 
+async def test_reloaded_page_within_the_grace_tells_the_peer_it_is_back() -> None:
+    """A resident who reconnects afresh (a reloaded page, no resume) is announced as back."""
+    async with live_hall() as hall, clients(3) as (clerk, resident, reloaded):
+        session_id = await _in_session(hall, clerk, resident)
+        await resident.sio.eio.disconnect(abort=True)
+        await clerk.next("session.peer", lambda d: d["state"] == "reconnecting")
+        welcome = await _resident(hall, reloaded)  # same resident, new id_token connection
+        assert welcome["resumed"] is False and welcome["session"]["id"] == session_id
+        back = await clerk.next("session.peer", lambda d: d["state"] == "back")
+        assert back["session_id"] == session_id
+
+
+async def test_reloaded_console_gets_its_clerk_state_and_pending_offer_back() -> None:
+    """A clerk's fresh welcome carries its state and the open offer, deadline and callback
+    number included, so a reloaded console can show the countdown where it was."""
+    async with live_hall() as hall, clients(3) as (clerk, resident, reloaded):
+        first = await _clerk(hall, clerk)
+        assert first["clerk"]["state"] == "available" and first["offer"] is None
+        await _resident(hall, resident)
+        took = await resident.call("ticket.take", {"matter_id": MATTER,
+                                                   "when_unstaffed": "callback",
+                                                   "callback_contact": "13800000000"})
+        assert took["ok"], took
+        offer = await clerk.next("offer.new")
+        assert offer["callback_contact"] == "13800000000"
+        welcome = await _clerk(hall, reloaded)  # the console reloaded: a new connection
+        assert welcome["clerk"]["state"] == "offered"
+        assert welcome["offer"]["ticket_id"] == took["ticket"]["id"]
+        assert welcome["offer"]["deadline"] == offer["deadline"]
+        assert welcome["offer"]["callback_contact"] == "13800000000"
+
+
 async def test_resident_gone_past_grace_abandons_the_ticket() -> None:
     """A waiting resident who does not come back loses the ticket, logged as an abandon."""
     env = {"HALL_ABANDON_GRACE_S": "0.3", "HALL_RESUME_GRACE_S": "0.3"}

@@ -212,8 +212,11 @@ export const files = {
  */
 export function chatPanel(client, options) {
   const opts = options || {};
-  const list = h("ol", { class: "chat-log", role: "log", "aria-live": "polite",
-                          "aria-label": t("chat") });
+  // The live region is a wrapper: role="log" on the <ol> itself would strip its items of
+  // their list meaning (axe "listitem").
+  const list = h("ol", { class: "chat-log" });
+  const log = h("div", { class: "chat-log-wrap", role: "log", "aria-live": "polite",
+                         "aria-label": t("chat") }, list);
   const input = h("input", { type: "text", maxlength: "1000", class: "chat-input",
                              "aria-label": t("chat_placeholder"),
                              placeholder: t("chat_placeholder"), autocomplete: "off" });
@@ -221,7 +224,7 @@ export function chatPanel(client, options) {
                  h("button", { type: "submit", class: "btn" }, t("send")));
   const element = h("section", { class: "chat", "aria-label": t("chat") },
                     opts.heading === false ? null : h("h2", { class: "panel-title" }, t("chat")),
-                    list, form);
+                    log, form);
   const seen = new Set();
   let sessionId = null;
 
