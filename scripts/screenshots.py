@@ -73,11 +73,15 @@ async def app_signed_in(page: Page, base: str, app: web.Application) -> None:
     ) as response:
         token = (await response.json())["id_token"]
     await page.goto(f"{base}/app#id_token={token}")
+    await page.reload()  # the first goto only changed the fragment of the open page
+    await page.wait_for_selector("#screen-pick", state="visible")
 
 
 async def kiosk_provisioned(page: Page, base: str, app: web.Application) -> None:
     secret = app[keys.KIOSK_KEYS].demo_secret("XH-001")
     await page.goto(f"{base}/kiosk/XH-001#secret={secret}")
+    await page.reload()  # the first goto only changed the fragment of the open page
+    await page.wait_for_selector("#screen-home", state="visible")
 
 
 SCENES = [
