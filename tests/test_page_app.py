@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +35,6 @@ RAW_KEY = re.compile(r"\b[a-z]+(?:_[a-z]+)+\b")
 
 
 # -- helpers (the kiosk tests use them too) ----------------------------------------------------
-
-
-@asynccontextmanager
-async def demo_hall(tmp_path: Path) -> AsyncIterator[LiveHall]:
-    """A demo hall whose records database is a SQLite file: an in-memory one is a single
-    shared connection, and a file upload racing the case sweep fails on it with "cannot start
-    a transaction within a transaction"."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'records.db'}"
-    async with live_hall({"HALL_DATABASE_URL": url}) as hall:
-        yield hall
 
 
 def png() -> bytes:
@@ -148,7 +136,7 @@ async def take_from_search(page: Page, query: str, *, elderly: bool = False,
 async def test_demo_sign_in_browse_search_and_materials_in_both_languages(
         browser: Browser, tmp_path: Path) -> None:
     """Demo sign-in, departments → matters, zh/en search, materials; both languages, axe."""
-    async with demo_hall(tmp_path) as hall:
+    async with live_hall() as hall:
         w = await open_page(browser, f"{hall.url}/app", viewport=PHONE)
         page = w.page
         await visible(page, "#signin-demo")
@@ -210,7 +198,7 @@ async def test_demo_sign_in_browse_search_and_materials_in_both_languages(
 async def test_unstaffed_refusal_offers_wait_or_callback_reload_restores_and_leave(
         browser: Browser, tmp_path: Path) -> None:
     """No clerk on duty: the refusal offers wait/callback; the wait survives a reload; leave."""
-    async with demo_hall(tmp_path) as hall:
+    async with live_hall() as hall:
         w = await open_app(browser, hall, "r-app-wait", "王五")
         page = w.page
         await take_from_search(page, "灵活就业")
@@ -271,7 +259,7 @@ async def _text_has(page: Page, selector: str, text: str) -> bool:
 async def test_session_media_chat_files_and_reconnect(browser: Browser,
                                                       tmp_path: Path) -> None:
     """A call with an aiortc clerk: frames both ways, chat both ways, files, drop and back."""
-    async with demo_hall(tmp_path) as hall:
+    async with live_hall() as hall:
         clerk_token = await hall.clerk_token(CLERK)
         clerk = ClerkSide(await clerk_client(hall))
         w = await open_app(browser, hall, "r-app-call", "李四")
@@ -363,7 +351,7 @@ async def test_session_media_chat_files_and_reconnect(browser: Browser,
 async def test_after_the_call_result_rating_and_unresolved_report(browser: Browser,
                                                                   tmp_path: Path) -> None:
     """After the call: result and correction link, rating once, 办不成事 report, my reports."""
-    async with demo_hall(tmp_path) as hall:
+    async with live_hall() as hall:
         clerk = await clerk_client(hall)
         w = await open_app(browser, hall, "r-app-after", "赵六")
         page = w.page

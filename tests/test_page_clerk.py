@@ -26,6 +26,7 @@ from server import keys
 from tests.browserkit import Watched, open_page, run_axe, serious, wait_until
 from tests.rtcpeer import HallClient, MediaPeer, Payload, StampedVideoTrack
 from tests.signalkit import PASSWORD, LiveHall, live_hall
+from tests.test_browser_rtc import _fingerprint, _ufrag
 
 pytestmark = pytest.mark.browser
 
@@ -140,20 +141,6 @@ async def files_of(hall: LiveHall, ticket_id: str, token: str) -> list[Payload]:
         body: Payload = await response.json()
         assert response.status == 200, body
         return list(body["files"])
-
-
-def _fingerprint(sdp: str | None) -> str | None:
-    for line in (sdp or "").splitlines():
-        if line.startswith("a=fingerprint:"):
-            return line.split(":", 1)[1].strip().lower()
-    return None
-
-
-def _ufrag(sdp: str | None) -> str | None:
-    for line in (sdp or "").splitlines():
-        if line.startswith("a=ice-ufrag:"):
-            return line.split(":", 1)[1].strip()
-    return None
 
 
 def _align_extmap(offer: str, reference: str) -> str:

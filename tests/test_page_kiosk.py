@@ -17,7 +17,7 @@ from playwright.async_api import Browser, Page
 
 from server import keys
 from tests.browserkit import KIOSK, Watched, open_page, wait_until
-from tests.signalkit import LiveHall
+from tests.signalkit import LiveHall, live_hall
 from tests.test_browser_rtc import ClerkSide
 from tests.test_page_app import (
     CLERK,
@@ -26,7 +26,6 @@ from tests.test_page_app import (
     axe_clean,
     clerk_client,
     clerk_uploads,
-    demo_hall,
     frames_in_page,
     no_raw_keys,
     prereview_with_one_correction,
@@ -103,7 +102,7 @@ async def ticket_state(hall: LiveHall, ticket_id: str) -> str:
 async def test_setup_wrong_then_right_secret_health_and_languages(
         browser: Browser, tmp_path: Path) -> None:
     """Set-up refuses a wrong secret, takes the right one; health is reported; zh/en, axe."""
-    async with demo_hall(tmp_path) as hall:
+    async with live_hall() as hall:
         w = await open_page(browser, f"{hall.url}/kiosk/{POINT}", viewport=KIOSK)
         page = w.page
         await visible(page, "#screen-setup")
@@ -177,7 +176,7 @@ async def _hall_has_health(hall: LiveHall, health: dict[str, Any]) -> None:
 
 async def test_ticket_call_with_aiortc_clerk_and_after(browser: Browser, tmp_path: Path) -> None:
     """65+ ticket, a call with frames both ways, chat, files, result, rating, report, wipe."""
-    async with demo_hall(tmp_path) as hall:
+    async with live_hall() as hall:
         clerk_token = await hall.clerk_token(CLERK)
         clerk = ClerkSide(await clerk_client(hall))
         w = await open_kiosk(browser, hall)
@@ -276,7 +275,7 @@ async def test_ticket_call_with_aiortc_clerk_and_after(browser: Browser, tmp_pat
 async def test_idle_timeout_wipes_and_never_interrupts_a_call(browser: Browser,
                                                               tmp_path: Path) -> None:
     """?idle=4 (demo): "still there?" then the ticket is left; idle screens wipe; calls don't."""
-    async with demo_hall(tmp_path) as hall:
+    async with live_hall() as hall:
         w = await open_kiosk(browser, hall, "?idle=4")
         page = w.page
         # No clerk on duty: the kiosk offers to wait anyway (or a callback, with a keypad).
