@@ -13,8 +13,8 @@
  */
 import { HallClient, HallError } from "/static/js/hall-client.js";
 import {
-  $, announce, bindConnectionStatus, errorText, fill, formatDuration, h, loadCatalog,
-  nameOf, showError, t, toast,
+  $, announce, bindConnectionStatus, errorText, fill, formatDuration, h, loadCatalog, logIn,
+  loginErrorText, nameOf, showError, t, toast,
 } from "/static/js/ui.js";
 import { callbackText, matterName, store, ticketTags } from "/static/js/clerk-common.js";
 import { SessionDesk } from "/static/js/clerk-session.js";
@@ -209,31 +209,11 @@ el.loginForm.addEventListener("submit", async (event) => {
   el.loginSubmit.disabled = true;
   el.loginError.textContent = "";
   try {
-    let response;
+    let data;
     try {
-      response = await fetch("/api/auth/login", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ username, password }),
-        credentials: "same-origin",
-      });
+      data = await logIn(username, password);
     } catch (err) {
-      loginFailed(errorText(new HallError("network", String(err))));
-      return;
-    }
-    const data = await response.json().catch(() => null);
-    if (!response.ok || !data || data.ok !== true) {
-      const error = (data && data.error) || {};
-      if (error.code === "too_many_attempts" || response.status === 429) {
-        const n = Math.ceil(Number(error.retry_after_s || response.headers.get("Retry-After")
-          || 60));
-        loginFailed(t("too_many_attempts", { n }));
-      } else if (error.code === "unauthenticated" || response.status === 401) {
-        loginFailed(t("login_failed"));
-      } else {
-        loginFailed(errorText(new HallError(error.code || `http_${response.status}`,
-                                            error.message || response.statusText)));
-      }
+      loginFailed(loginErrorText(err));
       return;
     }
     if (data.role !== "clerk") {

@@ -11,9 +11,10 @@
  *
  * For tests: `window.hallClient` (the HallClient) and `window.wallStats()`.
  */
-import { HallClient, HallError } from "/static/js/hall-client.js";
+import { HallClient } from "/static/js/hall-client.js";
 import {
-  t, loadCatalog, bindConnectionStatus, showError, errorText, nameOf, formatClock,
+  t, loadCatalog, bindConnectionStatus, showError, nameOf, formatClock, logIn,
+  loginErrorText,
 } from "/static/js/ui.js";
 import {
   Tiles, Departments, Kiosks, Sessions, Alerts, clock, clockOf, clockText, limitText, setText,
@@ -108,29 +109,11 @@ async function onLogin(event) {
   setText(el.loginError, "");
   el.submit.disabled = true;
   try {
-    let response;
-    let data = null;
+    let data;
     try {
-      response = await fetch("/api/auth/login", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ username, password }),
-        credentials: "same-origin",
-      });
-      data = await response.json().catch(() => null);
+      data = await logIn(username, password);
     } catch (err) {
-      setText(el.loginError, errorText(new HallError("network", String(err))));
-      return;
-    }
-    if (response.status === 429) {
-      const n = response.headers.get("Retry-After") || "60";
-      setText(el.loginError, t("too_many_attempts", { n }));
-      return;
-    }
-    if (!response.ok || !data || data.ok !== true) {
-      const error = (data && data.error) || {};
-      setText(el.loginError, response.status === 401 ? t("login_wrong")
-        : errorText(new HallError(error.code || `http_${response.status}`, error.message)));
+      setText(el.loginError, loginErrorText(err));
       el.password.select();
       return;
     }

@@ -174,6 +174,33 @@ export async function api(path, options) {
   return data;
 }
 
+/**
+ * Clerk or supervisor log-in (POST /api/auth/login): resolves with {token, role, expires_at,
+ * name}; throws HallError ("unauthenticated", "too_many_attempts" with retry_after_s, or
+ * another code). `loginErrorText` says it in the page's language.
+ */
+export async function logIn(username, password) {
+  try {
+    return await api("/api/auth/login", { body: { username, password } });
+  } catch (err) {
+    if (err instanceof HallError && err.code === "http_429") {
+      throw new HallError("too_many_attempts", err.message, { retry_after_s: 60 });
+    }
+    throw err;
+  }
+}
+
+export function loginErrorText(error) {
+  if (error instanceof HallError && error.code === "too_many_attempts") {
+    return t("too_many_attempts", { n: Math.ceil(Number(error.details.retry_after_s || 60)) });
+  }
+  if (error instanceof HallError && (error.code === "unauthenticated"
+      || error.code === "http_401")) {
+    return t("login_failed");
+  }
+  return errorText(error);
+}
+
 /** The public catalog (departments, matters with materials, service points), fetched once. */
 let catalogPromise = null;
 export function loadCatalog() {
