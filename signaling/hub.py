@@ -36,6 +36,7 @@ from rooms.prereview import PreReview
 from rooms.tickets import Channel, PriorityReason, Ticket, TicketState
 from signaling import protocol as p
 from signaling.case_desk import CaseDesk, case_view
+from signaling.hub_state import HubState, MemoryHubState, Record, ResumeError, role_of
 from signaling.identity import (
     AppIdentityVerifier,
     Principal,
@@ -43,10 +44,10 @@ from signaling.identity import (
     TokenService,
     ice_servers,
 )
-from signaling.kiosks import DeviceReport, Kiosks
-from signaling.participants import Participant, Participants, ResumeError
+from signaling.kiosks import DeviceReport
+from signaling.participants import Connections, Participant
 from signaling.prereview_desk import PreReviewDesk
-from signaling.sessions import MediaSession, Sessions
+from signaling.sessions import MediaSession
 from signaling.throttle import FailureThrottle
 from signaling.views import clerk_view, offer_view, position_view, ticket_view
 from signaling.wall import Board, LiveSession, build_queues, build_wall
@@ -97,6 +98,11 @@ class HubConfig:
     position_interval_s: float = 1.0
     # wall.update / queues.update: views are rebuilt this often and sent only if they changed
     wall_interval_s: float = 1.0
+    # How often this process says it is alive, looks for processes that are not and for
+    # resume graces that ran out; a process silent for heartbeat_ttl_s counts as dead.
+    sweep_interval_s: float = 0.25
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -145,8 +151,12 @@ class SignalingHub:
         config: HubConfig | None = None,
         prereviews: PreReviewDesk | None = None,
         cases: CaseDesk | None = None,
+        state: HubState | None = None,
     ) -> None:
         self.hall = hall
+        self.state = state or MemoryHubState(hall.catalog.service_points)
+        self.state.on_remote = self._remote_message
+        self.state.on_kick = self._remote_kick
         self.cases = cases
         self.prereviews = prereviews
         self.tokens = tokens
@@ -165,21 +175,19 @@ class SignalingHub:
             max_http_buffer_size=2 * p.MAX_EVENT_BYTES,
             serializer=OrjsonPacket,
         )
-        self.participants = Participants()
-        self.sessions = Sessions()
-        self.kiosks = Kiosks(hall.catalog.service_points)
+        self.connections = Connections()
         # participant id -> fingerprint of the wall / queue view it was last sent
         self._views_sent: dict[str, bytes] = {}
         self._case_counts: dict[str, int] = {"open": 0, "overdue": 0}  # last known
         self._case_counts_at: float | None = None  # loop time of that read; None: read again
         self._pusher: asyncio.Task[None] | None = None
         self._pending: dict[str, str] = {}  # sid -> remote address, not yet authenticated
-        self._graces: dict[str, asyncio.Task[None]] = {}  # participant id -> grace timer
         self._pushes: dict[str, _QueuePush] = {}
+        # Per-process de-duplication only (another process may send the same view again;
+        # a client takes the latest): what was last sent for a ticket.
         self._sent_position: dict[str, tuple[int | None, float | None, bool]] = {}
-        self._ticket_owner: dict[str, str] = {}  # ticket id -> resident participant id
         self._last_view: dict[tuple[str, str], dict[str, Any]] = {}  # (participant, ticket)
-        self._announced: set[str] = set()  # sessions whose session.started went out
+        self._beat_ok_since: float | None = None  # loop time heartbeats have worked since
         self._tasks = _Tasks()
         self._notices: asyncio.Queue[Sequence[Notice]] = asyncio.Queue()
         self._unsubscribe: Callable[[], None] | None = None
@@ -225,8 +233,11 @@ class SignalingHub:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        await self.state.open()
         self._unsubscribe = self.hall.subscribe(self._notices.put_nowait)
         self._tasks.spawn(self._deliver_notices(), "hub-notices")
+        self._tasks.spawn(self._heartbeat_forever(), "hub-heartbeat")
+        self._tasks.spawn(self._sweep_forever(), "hub-sweep")
         self._pusher = asyncio.create_task(self._push_views_forever(), name="hub-views")
 
     async def close(self) -> None:
@@ -239,10 +250,8 @@ class SignalingHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pusher
             self._pusher = None
-        for task in self._graces.values():
-            task.cancel()
-        self._graces.clear()
         await self._tasks.cancel_all()
+        await self.state.close()
 
     def now(self) -> float:
         return self.hall.clock.now()
@@ -286,9 +295,13 @@ class SignalingHub:
         self.throttle.check(address)
         try:
             if hello.resume is not None:
-                participant = self.participants.redeem(hello.resume)
-                participant.since(hello.last_seq)  # refuse now if the gap cannot be replayed
-                principal = participant.principal
+                pid = await self.state.redeem(hello.resume)
+                # Refuse now if the gap cannot be replayed.
+                await self.state.since(pid, hello.last_seq)
+                record = await self.state.record(pid)
+                if record is None:
+                    raise ResumeError("unknown, used or expired resume token")
+                principal = record.principal
             elif hello.token is not None:
                 principal = self.tokens.verify(hello.token)
             elif hello.id_token is not None:
@@ -301,20 +314,21 @@ class SignalingHub:
             self.throttle.failed(address)
             raise
         self._pending.pop(sid, None)
-        participant, replaced = self.participants.attach(principal, sid)
-        start = hello.last_seq if hello.resume is not None else participant.seq
-        if replaced is not None and replaced != sid:
+        attached = await self.state.attach(principal, sid)
+        participant, replaced = self.connections.attach(principal, sid)
+        start = hello.last_seq if hello.resume is not None else attached.seq
+        participant.delivered = start
+        if replaced is not None:
             await self.sio.emit("replaced", {}, to=replaced)
             await self.sio.disconnect(replaced)
-        grace = self._graces.pop(participant.id, None)
-        if grace is not None:
-            grace.cancel()
-        back = hello.resume is not None or grace is not None
+        # A socket of another process that held this participant is dropped by that process
+        # (the state told it: _remote_kick).
+        back = hello.resume is not None or attached.was_away
         if principal.role == Role.CLERK:
             await self.hall.login(principal.subject)
         if principal.role == Role.KIOSK:
-            await self._kiosk_presence(participant, online=True)
-        welcome = await self._welcome(participant, hello.resume is not None)
+            await self._kiosk_presence(principal, online=True)
+        welcome = await self._welcome(participant, attached.seq, hello.resume is not None)
         return participant, welcome, start, back
 
     async def _greet(
@@ -322,7 +336,7 @@ class SignalingHub:
     ) -> None:
         """Send the welcome, then every message numbered after ``start``, then go live."""
         sid = participant.sid
-        if sid is None:
+        if self.connections.by_sid(sid) is not participant:
             return
         await self.sio.emit("welcome", welcome, to=sid)
         try:
@@ -331,25 +345,30 @@ class SignalingHub:
             # The pusher sends it within a second anyway: a view that cannot be built must
             # not cost the participant its replay.
             logger.exception("first view for %s failed", participant.id)
-        for event, payload in participant.since(start):
-            await self.sio.emit(event, payload, to=sid)
-        participant.greeted = True
+        async with participant.lock:
+            # Under the lock: a message numbered while the replay is read waits for it, then
+            # finds the participant greeted and goes out after the replay, in order.
+            for seq, event, payload in await self.state.since(participant.id, start):
+                await self.sio.emit(event, payload, to=sid)
+                participant.delivered = seq
+            participant.greeted = True
         if back:
-            await self._came_back(participant)
+            await self._came_back(participant.id)
 
-    async def _welcome(self, participant: Participant, resumed: bool) -> dict[str, Any]:
-        ticket = await self._current_ticket(participant)
+    async def _welcome(self, participant: Participant, seq: int,
+                       resumed: bool) -> dict[str, Any]:
+        ticket = await self._current_ticket(participant.principal)
         session = None
-        for live in self.sessions.of(participant.id):
+        for live in await self.state.sessions_of(participant.id):
             if participant.id in (live.resident, live.clerk):
-                session = await self._session_view(live, participant)
+                session = await self._session_view(live, participant.principal)
         welcome: dict[str, Any] = {
             "participant": participant.id,
             "role": participant.principal.role.value,
             "name": participant.principal.name,
-            "resume_token": self.participants.issue_resume(participant),
+            "resume_token": await self.state.issue_resume(participant.id),
             "resumed": resumed,
-            "last_seq": participant.seq,
+            "last_seq": seq,
             "ping_interval_s": self.config.ping_interval_s,
             "ticket": ticket_view(ticket) if ticket else None,
             "session": session,
@@ -365,54 +384,113 @@ class SignalingHub:
             )
         return welcome
 
-    async def _current_ticket(self, participant: Participant) -> Ticket | None:
-        if participant.principal.role == Role.CLERK:
-            clerk = await self.hall.get_clerk(participant.principal.subject)
+    async def _tickets_of(self, participant_id: str) -> tuple[str | None, str | None]:
+        """The ticket a resident or kiosk holds, and its last one (it may still rate it)."""
+        record = await self.state.record(participant_id)
+        return (None, None) if record is None else (record.ticket_id, record.last_ticket_id)
+
+    async def _current_ticket(self, principal: Principal) -> Ticket | None:
+        if principal.role == Role.CLERK:
+            clerk = await self.hall.get_clerk(principal.subject)
             ticket_id = clerk.ticket_id
         else:
-            ticket_id = participant.ticket_id
+            ticket_id = (await self._tickets_of(principal.participant_id))[0]
         return None if ticket_id is None else await self.hall.get_ticket(ticket_id)
 
     async def _on_disconnect(self, sid: str, *args: Any) -> None:
         self._pending.pop(sid, None)
-        participant = self.participants.detach(sid, self.now())
+        participant = self.connections.detach(sid)
         if participant is None:
             return  # never authenticated, or replaced by a newer connection
         self._views_sent.pop(participant.id, None)
-        if participant.principal.role == Role.KIOSK:
-            await self._kiosk_presence(participant, online=False)
-        for live in self.sessions.of(participant.id):
-            if participant.id in (live.resident, live.clerk):
-                await self._send(live.peer_of(participant.id), "session.peer",
+        now = time.time()
+        record = await self.state.detach(participant.id, sid, now,
+                                         now + self.config.resume_grace_s)
+        if record is not None:
+            await self._went_away(record)
+
+    async def _went_away(self, record: Record) -> None:
+        """The participant's socket is gone (closed here, or its process died): its peer is
+        told, the queue's grace starts for its ticket, and so did its resume grace."""
+        principal = record.principal
+        if principal.role == Role.KIOSK:
+            await self._kiosk_presence(principal, online=False)
+        for live in await self.state.sessions_of(record.id):
+            if record.id in (live.resident, live.clerk):
+                await self._send(live.peer_of(record.id), "session.peer",
                                  {"session_id": live.id, "state": "reconnecting"})
-        if participant.ticket_id is not None:
+        if record.ticket_id is not None:
             with contextlib.suppress(HallError):
-                await self.hall.resident_disconnected(participant.ticket_id)
-        self._graces[participant.id] = self._tasks.spawn(
-            self._grace(participant), f"grace-{participant.id}"
-        )
+                await self.hall.resident_disconnected(record.ticket_id)
 
-    async def _grace(self, participant: Participant) -> None:
-        await asyncio.sleep(self.config.resume_grace_s)
-        self._graces.pop(participant.id, None)
-        if participant.sid is not None:
-            return
-        if participant.principal.role == Role.CLERK:
-            await self.hall.clerk_disconnected(participant.principal.subject)
-        for live in self.sessions.of(participant.id):
-            if participant.id in live.monitors:
-                self.sessions.remove_monitor(live.id, participant.id)
+    async def _grace_over(self, participant_id: str) -> None:
+        """The resume grace ran out without the participant coming back."""
+        record = await self.state.record(participant_id)
+        if record is None or record.owner is not None:
+            return  # forgotten already, or back meanwhile
+        if record.principal.role == Role.CLERK:
+            await self.hall.clerk_disconnected(record.principal.subject)
+        for live in await self.state.sessions_of(participant_id):
+            if participant_id in live.monitors:
+                with contextlib.suppress(HallError):
+                    await self.state.monitor_remove(live.id, participant_id)
         # Residents: the queue's own grace (started at the drop) abandons the ticket.
-        self.participants.forget(participant)
+        await self.state.forget(participant_id)
 
-    async def _came_back(self, participant: Participant) -> None:
-        if participant.ticket_id is not None:
+    async def _came_back(self, participant_id: str) -> None:
+        ticket_id = (await self._tickets_of(participant_id))[0]
+        if ticket_id is not None:
             with contextlib.suppress(HallError):
-                await self.hall.resident_reconnected(participant.ticket_id)
-        for live in self.sessions.of(participant.id):
-            if participant.id in (live.resident, live.clerk):
-                await self._send(live.peer_of(participant.id), "session.peer",
+                await self.hall.resident_reconnected(ticket_id)
+        for live in await self.state.sessions_of(participant_id):
+            if participant_id in (live.resident, live.clerk):
+                await self._send(live.peer_of(participant_id), "session.peer",
                                  {"session_id": live.id, "state": "back"})
+
+    # ------------------------------------------------------------------ processes
+    async def _heartbeat_forever(self) -> None:
+        """Say this process is alive. If the others had declared it dead (it could not reach
+        Redis for longer than the TTL), its participants are already away with their resume
+        grace running: drop their sockets, so the clients resume and everything is in step."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                alive = await self.state.heartbeat(self.config.heartbeat_ttl_s, time.time())
+                if self._beat_ok_since is None:
+                    self._beat_ok_since = loop.time()
+                if not alive:
+                    logger.warning("this process was declared dead; dropping %d sockets so "
+                                   "their clients resume", len(self.connections))
+                    for participant in self.connections.all():
+                        await self.sio.disconnect(participant.sid)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                self._beat_ok_since = None
+                logger.warning("heartbeat failed: %r", err)
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    async def _sweep_forever(self) -> None:
+        """Expire resume graces, and take over participants of processes that died."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                now = time.time()
+                for pid in await self.state.graces_due(now):
+                    await self._grace_over(pid)
+                # Only after heartbeats have worked for a whole TTL: after an outage of the
+                # shared state, every process's last heartbeat looks old until it beats again.
+                since = self._beat_ok_since
+                if since is not None and loop.time() - since >= self.config.heartbeat_ttl_s:
+                    for record in await self.state.orphans(
+                            now, now + self.config.resume_grace_s):
+                        logger.info("%s lost its process; resume grace started", record.id)
+                        await self._went_away(record)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                logger.warning("sweep failed: %r", err)
+            await asyncio.sleep(self.config.sweep_interval_s)
 
     # ------------------------------------------------------------------ events
     async def _on_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
@@ -438,7 +516,7 @@ class SignalingHub:
         spec = p.EVENTS.get(event)
         if spec is None:
             raise p.ProtocolError(f'unknown event "{event}"', code="unknown_event")
-        participant = self.participants.by_sid(sid)
+        participant = self.connections.by_sid(sid)
         if participant is None:
             raise AuthError("authenticate first (hello)")
         if participant.principal.role not in spec.roles:
@@ -447,7 +525,7 @@ class SignalingHub:
         return await self._handlers[event](participant, payload)
 
     async def _hello(self, sid: str, data: Any) -> dict[str, Any]:
-        if self.participants.by_sid(sid) is not None:
+        if self.connections.by_sid(sid) is not None:
             raise InvalidStateError("this connection is already authenticated")
         address = self._pending.get(sid)
         if address is None:
@@ -459,13 +537,13 @@ class SignalingHub:
 
     # -- residents and kiosks -------------------------------------------------------------
     async def _own_ticket(self, participant: Participant, ticket_id: str) -> Ticket:
-        if participant.ticket_id != ticket_id:
+        if (await self._tickets_of(participant.id))[0] != ticket_id:
             raise ForbiddenError("not your ticket")
         return await self.hall.get_ticket(ticket_id)
 
     async def _ticket_take(self, participant: Participant, req: Any) -> dict[str, Any]:
         assert isinstance(req, p.TicketTake)
-        current = await self._current_ticket(participant)
+        current = await self._current_ticket(participant.principal)
         if current is not None and current.state in _LIVE_TICKET:
             raise HallError(f"ticket {current.number} is still {current.state}",
                             code="ticket_active")
@@ -481,8 +559,8 @@ class SignalingHub:
             when_unstaffed=Unstaffed(req.when_unstaffed),
             callback_contact=req.callback_contact,
         )
-        participant.ticket_id = participant.last_ticket_id = ticket.id
-        self._ticket_owner[ticket.id] = participant.id
+        await self.state.owner_set(ticket.id, participant.id)
+        await self.state.set_ticket(participant.id, ticket.id)
         return p.ok(ticket=ticket_view(ticket))
 
     async def _ticket_leave(self, participant: Participant, req: Any) -> dict[str, Any]:
@@ -518,23 +596,23 @@ class SignalingHub:
     async def _offer_accept(self, participant: Participant, req: Any) -> dict[str, Any]:
         await self._clerks_ticket(participant, req.ticket_id)
         ticket = await self.hall.accept(participant.principal.subject, req.ticket_id)
-        live = self._open_session(ticket, participant.id)
+        live = await self._open_session(ticket, participant.id)
         return p.ok(ticket=ticket_view(ticket),
-                    session=await self._session_view(live, participant))
+                    session=await self._session_view(live, participant.principal))
 
     async def _offer_decline(self, participant: Participant, req: Any) -> dict[str, Any]:
         await self._clerks_ticket(participant, req.ticket_id)
         ticket = await self.hall.decline(participant.principal.subject, req.ticket_id)
         return p.ok(ticket=ticket_view(ticket))
 
-    def _session_of(self, participant: Participant, session_id: str) -> MediaSession:
-        live = self.sessions.get(session_id)
+    async def _session_of(self, participant: Participant, session_id: str) -> MediaSession:
+        live = await self.state.session_get(session_id)
         if participant.id not in (live.resident, live.clerk):
             raise ForbiddenError(f"not a participant of session {session_id}")
         return live
 
     async def _session_end(self, participant: Participant, req: Any) -> dict[str, Any]:
-        live = self._session_of(participant, req.session_id)
+        live = await self._session_of(participant, req.session_id)
         if participant.id == live.clerk:
             ticket = await self.hall.end_session(participant.principal.subject, live.id)
         else:
@@ -542,7 +620,7 @@ class SignalingHub:
         return p.ok(ticket=ticket_view(ticket))
 
     async def _session_transfer(self, participant: Participant, req: Any) -> dict[str, Any]:
-        live = self._session_of(participant, req.session_id)
+        live = await self._session_of(participant, req.session_id)
         ticket = await self.hall.transfer(
             participant.principal.subject, live.id, to_matter=req.to_matter,
             to_clerk=req.to_clerk, allow_wait=req.allow_wait, note=req.note,
@@ -572,7 +650,7 @@ class SignalingHub:
         assert isinstance(req, p.RtcSignal)
         if req.description is None and "candidate" not in req.model_fields_set:
             raise p.ProtocolError("rtc.signal needs a description or a candidate")
-        live = self.sessions.get(req.session_id)
+        live = await self.state.session_get(req.session_id)
         target = live.route(participant.id, req.to)
         sender = "peer" if req.to == "peer" and participant.id in (
             live.resident, live.clerk) else participant.id
@@ -588,7 +666,7 @@ class SignalingHub:
         return p.ok()
 
     async def _media_screen(self, participant: Participant, req: Any) -> dict[str, Any]:
-        live = self._session_of(participant, req.session_id)
+        live = await self._session_of(participant, req.session_id)
         message = {"session_id": live.id, "from_role": participant.principal.role.value,
                    "active": req.active, "stream_id": req.stream_id}
         await self._send(live.peer_of(participant.id), "media.screen", message)
@@ -597,7 +675,7 @@ class SignalingHub:
         return p.ok()
 
     async def _session_rate(self, participant: Participant, req: Any) -> dict[str, Any]:
-        if req.ticket_id not in (participant.ticket_id, participant.last_ticket_id):
+        if req.ticket_id not in await self._tickets_of(participant.id):
             raise ForbiddenError("not your ticket")
         ticket = await self.hall.rate(req.ticket_id, req.score, req.comment)
         return p.ok(ticket=ticket_view(ticket))
@@ -611,7 +689,7 @@ class SignalingHub:
     async def _case_file(self, participant: Participant, req: Any) -> dict[str, Any]:
         ticket = None
         if req.ticket_id is not None:
-            if req.ticket_id not in (participant.ticket_id, participant.last_ticket_id):
+            if req.ticket_id not in await self._tickets_of(participant.id):
                 raise ForbiddenError("not your ticket")
             ticket = await self.hall.get_ticket(req.ticket_id)
         case = await self._desk().file(participant.principal, req.matter_id, req.description,
@@ -647,9 +725,9 @@ class SignalingHub:
         escalated = await self._desk().sweep(time.time() if now is None else now)
         self._case_counts_at = None
         for case in escalated:
-            for participant in self.participants.all():
-                if participant.principal.role == Role.SUPERVISOR:
-                    await self._send(participant.id, "case.escalated", {"case": case_view(case)})
+            for pid in await self.state.participant_ids():
+                if role_of(pid) == Role.SUPERVISOR:
+                    await self._send(pid, "case.escalated", {"case": case_view(case)})
         return len(escalated)
 
     # -- pre-review (预审) -------------------------------------------------------------------
@@ -658,8 +736,9 @@ class SignalingHub:
             raise HallError("pre-review records are not configured", code="internal_error")
         return self.prereviews
 
-    def _clerks_session(self, participant: Participant, session_id: str) -> MediaSession:
-        live = self._session_of(participant, session_id)
+    async def _clerks_session(self, participant: Participant,
+                              session_id: str) -> MediaSession:
+        live = await self._session_of(participant, session_id)
         if participant.id != live.clerk:
             raise ForbiddenError("only the session's clerk pre-reviews")
         return live
@@ -671,18 +750,18 @@ class SignalingHub:
         return p.ok(prereview=review.to_dict())
 
     async def _prereview_start(self, participant: Participant, req: Any) -> dict[str, Any]:
-        live = self._clerks_session(participant, req.session_id)
+        live = await self._clerks_session(participant, req.session_id)
         review = await self._prereview_desk().start(live.id, participant.principal.subject)
         return await self._review_changed(live, review)
 
     async def _prereview_mark(self, participant: Participant, req: Any) -> dict[str, Any]:
-        live = self._clerks_session(participant, req.session_id)
+        live = await self._clerks_session(participant, req.session_id)
         review = await self._prereview_desk().mark(live.id, req.material_id, req.mark,
                                                    req.note, req.file_ids)
         return await self._review_changed(live, review)
 
     async def _prereview_finish(self, participant: Participant, req: Any) -> dict[str, Any]:
-        live = self._clerks_session(participant, req.session_id)
+        live = await self._clerks_session(participant, req.session_id)
         review, outcome = await self._prereview_desk().finish(live.id)
         await self._send(live.resident, "prereview.result", outcome)
         return p.ok(prereview=review.to_dict(), **{k: v for k, v in outcome.items()
@@ -691,18 +770,18 @@ class SignalingHub:
     async def _chat_send(self, participant: Participant, req: Any) -> dict[str, Any]:
         """Text chat: kept with the session and delivered like every numbered message, so a
         participant who was away gets it in the replay."""
-        live = self._session_of(participant, req.session_id)
+        live = await self._session_of(participant, req.session_id)
         message = {"id": secrets.token_urlsafe(8), "from_role": participant.principal.role.value,
                    "name": participant.principal.name, "text": req.text, "at": time.time()}
-        live.add_chat(message)
+        await self.state.chat_add(live.id, message)
         for target in (live.peer_of(participant.id), *sorted(live.monitors)):
             await self._send(target, "chat.message", {"session_id": live.id, "message": message})
         return p.ok(message=message)
 
     async def _monitor_join(self, participant: Participant, req: Any) -> dict[str, Any]:
-        live = self.sessions.get(req.session_id)
+        live = await self.state.session_get(req.session_id)
         await self.hall.record_monitor(live.id, participant.principal.subject, joined=True)
-        self.sessions.add_monitor(live.id, participant.id)
+        await self.state.monitor_add(live.id, participant.id)
         await self._send(live.clerk, "monitor.joined", {
             "session_id": live.id, "supervisor": participant.id,
             "name": participant.principal.name})
@@ -711,7 +790,7 @@ class SignalingHub:
             "ice_servers": self._ice(participant.id)})
 
     async def _monitor_leave(self, participant: Participant, req: Any) -> dict[str, Any]:
-        live = self.sessions.remove_monitor(req.session_id, participant.id)
+        live = await self.state.monitor_remove(req.session_id, participant.id)
         await self.hall.record_monitor(live.id, participant.principal.subject, joined=False)
         await self._send(live.clerk, "monitor.left", {
             "session_id": live.id, "supervisor": participant.id,
@@ -721,25 +800,22 @@ class SignalingHub:
     async def _session_note(self, participant: Participant, req: Any) -> dict[str, Any]:
         """The clerk's private note: logged, and kept with the session for the clerk's view
         (a reload or resume gets them back); never sent to the resident or monitors."""
-        live = self.sessions.get(req.session_id)
+        live = await self.state.session_get(req.session_id)
         if participant.id != live.clerk:
             raise ForbiddenError("only the session's clerk writes notes on it")
         note = await self.hall.record_note(live.id, participant.principal.subject, req.text)
         view = {"id": note.id, "text": note.text, "at": note.at}
-        live.add_note(view)
+        await self.state.note_add(live.id, view)
         return p.ok(note=view)
 
     # -- kiosks --------------------------------------------------------------------------------
     @staticmethod
-    def _kiosk_id(participant: Participant) -> str:
-        principal = participant.principal
+    def _kiosk_id(principal: Principal) -> str:
         return principal.service_point_id or principal.subject
 
-    async def _kiosk_presence(self, participant: Participant, *, online: bool) -> None:
-        kiosk_id = self._kiosk_id(participant)
-        now = self.now()
-        changed = (self.kiosks.connected(kiosk_id, now) if online
-                   else self.kiosks.disconnected(kiosk_id, now))
+    async def _kiosk_presence(self, principal: Principal, *, online: bool) -> None:
+        kiosk_id = self._kiosk_id(principal)
+        changed = await self.state.kiosk_online(kiosk_id, online, self.now())
         if changed:
             kind = EventKind.KIOSK_ONLINE if online else EventKind.KIOSK_OFFLINE
             try:
@@ -751,15 +827,15 @@ class SignalingHub:
 
     async def _kiosk_health(self, participant: Participant, req: Any) -> dict[str, Any]:
         assert isinstance(req, p.KioskHealth)
-        kiosk_id = self._kiosk_id(participant)
+        kiosk_id = self._kiosk_id(participant.principal)
         report = DeviceReport(req.camera, req.microphone, req.speaker, req.document_camera,
                               detail=req.detail, agent=req.agent)
-        if self.kiosks.changes(kiosk_id, report):
+        if await self.state.kiosk_changes(kiosk_id, report):
             # Logged before it is kept: a report whose log line failed is not swallowed as
             # "no change" when the kiosk sends it again.
             await self.hall.record_kiosk(kiosk_id, EventKind.KIOSK_HEALTH, **report.to_dict(),
                                          failed=report.failed, agent=report.agent)
-        self.kiosks.report(kiosk_id, report, self.now())
+        await self.state.kiosk_report(kiosk_id, report, self.now())
         return p.ok()
 
     # -- wallboard and queue views -------------------------------------------------------------
@@ -769,7 +845,7 @@ class SignalingHub:
     async def _wall(self, snapshot: dict[str, Any]) -> Board:
         names = {c["id"]: c["name"] for c in snapshot["clerks"]}
         sessions = []
-        for live in self.sessions.all():
+        for live in await self.state.sessions_all():
             try:
                 ticket = await self.hall.get_ticket(live.id)
             except NotFoundError:
@@ -780,7 +856,7 @@ class SignalingHub:
                 channel=ticket.channel.value, service_point_id=ticket.service_point_id,
                 started_at=ticket.session_started_at, monitors=len(live.monitors)))
         return build_wall(self.hall.catalog, self.hall.policy, snapshot,
-                          await self.hall.day_stats(), self.kiosks.all(), sessions,
+                          await self.hall.day_stats(), await self.state.kiosks_all(), sessions,
                           await self._cases_now())
 
     async def _cases_now(self) -> dict[str, int]:
@@ -814,10 +890,8 @@ class SignalingHub:
         """Send supervisors the wall and clerks their queues: to ``only`` unconditionally
         (it was just welcomed), else to every greeted one whose view changed. Unnumbered and
         not kept for replay: each view replaces the last, a resumed client gets a fresh one."""
-        if only is not None:
-            targets = [only]
-        else:
-            targets = [x for x in self.participants.all() if x.sid is not None and x.greeted]
+        targets = [only] if only is not None else [
+            x for x in self.connections.all() if x.greeted]
         targets = [x for x in targets
                    if x.principal.role in (Role.SUPERVISOR, Role.CLERK)]
         if not targets:
@@ -835,7 +909,7 @@ class SignalingHub:
             if only is None and self._views_sent.get(participant.id) == board.key:
                 continue
             sid = participant.sid
-            if sid is None:
+            if self.connections.by_sid(sid) is not participant:
                 continue  # gone while the view was built
             self._views_sent[participant.id] = board.key
             await self.sio.emit(event, payload, to=sid)
@@ -846,32 +920,33 @@ class SignalingHub:
                            turn_secret=c.turn_secret, turn_ttl_s=c.turn_ttl_s,
                            participant=participant_id, now=time.time())
 
-    def _open_session(self, ticket: Ticket, clerk_pid: str) -> MediaSession:
-        live = self.sessions.find(ticket.id)
+    async def _open_session(self, ticket: Ticket, clerk_pid: str) -> MediaSession:
+        live = await self.state.session_find(ticket.id)
         if live is None:
-            resident = self._ticket_owner.get(ticket.id, f"unknown:{ticket.id}")
-            live = self.sessions.open(ticket.id, resident, clerk_pid)
+            resident = await self.state.owner_of(ticket.id) or f"unknown:{ticket.id}"
+            live = await self.state.session_open(ticket.id, resident, clerk_pid)
         return live
 
-    async def _session_view(self, live: MediaSession, viewer: Participant) -> dict[str, Any]:
-        is_clerk = viewer.id == live.clerk
-        peer = self.participants.get(live.peer_of(viewer.id))
+    async def _session_view(self, live: MediaSession, viewer: Principal) -> dict[str, Any]:
+        is_clerk = viewer.participant_id == live.clerk
+        record = await self.state.record(live.peer_of(viewer.participant_id))
+        peer = None if record is None else record.principal
         ticket = await self.hall.get_ticket(live.id)
         view: dict[str, Any] = {
             "id": live.id,
             "ticket_id": live.id,
             "matter_id": ticket.matter_id,
-            "role": viewer.principal.role.value,
-            "peer": {"role": peer.principal.role.value if peer else None,
-                     "name": peer.principal.name if peer else ""},
+            "role": viewer.role.value,
+            "peer": {"role": peer.role.value if peer else None,
+                     "name": peer.name if peer else ""},
             "initiator": is_clerk,
             "polite": not is_clerk,
-            "ice_servers": self._ice(viewer.id),
+            "ice_servers": self._ice(viewer.participant_id),
         }
-        view["chat"] = list(live.chat)
+        view["chat"] = await self.state.chat(live.id)
         if is_clerk:
             view["monitors"] = sorted(live.monitors)
-            view["notes"] = list(live.notes)
+            view["notes"] = await self.state.notes(live.id)
         return view
 
     # ------------------------------------------------------------------ session files
@@ -884,22 +959,18 @@ class SignalingHub:
         if principal.role == Role.CLERK:
             if ticket.clerk_id == principal.subject and not ticket.is_final:
                 return
-        elif self._ticket_owner.get(ticket_id) == principal.participant_id:
+        elif (await self.state.owner_of(ticket_id) == principal.participant_id
+              or ticket_id in await self._tickets_of(principal.participant_id)):
             return
-        else:
-            participant = self.participants.get(principal.participant_id)
-            if participant is not None and ticket_id in (participant.ticket_id,
-                                                         participant.last_ticket_id):
-                return
         raise ForbiddenError("not a participant of this ticket's session")
 
     async def announce_file(self, ticket_id: str, file: dict[str, Any]) -> None:
         """Tell the other side (and monitors) that a file was added to the ticket."""
         ticket = await self.hall.get_ticket(ticket_id)
-        targets = [pid for pid in (self._ticket_owner.get(ticket_id),
+        targets = [pid for pid in (await self.state.owner_of(ticket_id),
                                    f"clerk:{ticket.clerk_id}" if ticket.clerk_id else None)
                    if pid is not None]
-        live = self.sessions.find(ticket_id)
+        live = await self.state.session_find(ticket_id)
         if live is not None:
             targets += sorted(live.monitors)
         for pid in targets:
@@ -908,13 +979,51 @@ class SignalingHub:
 
     # ------------------------------------------------------------------ sending
     async def _send(self, participant_id: str, event: str, payload: dict[str, Any]) -> None:
-        """Number the message, keep it for replay, and send it if the participant is here."""
-        participant = self.participants.get(participant_id)
+        """Number the message and keep it for replay (shared state); emit it if the
+        participant's socket is here. The state routes it to the process holding the socket
+        otherwise (:meth:`_remote_message` there)."""
+        local = await self.state.send(participant_id, event, payload)
+        if local is not None:
+            await self._emit_numbered(participant_id, local[0], event, local[1])
+
+    async def _emit_numbered(self, participant_id: str, seq: int, event: str,
+                             payload: dict[str, Any]) -> None:
+        """Emit message ``seq`` to the participant's socket here, in order and once: a seq
+        that overtook others (numbered by another process, delivered faster) first brings the
+        missing ones from the outbox."""
+        participant = self.connections.get(participant_id)
         if participant is None:
             return
-        stamped = participant.stamp(event, payload)
-        if participant.sid is not None and participant.greeted:
-            await self.sio.emit(event, stamped, to=participant.sid)
+        async with participant.lock:
+            if not participant.greeted or seq <= participant.delivered:
+                return  # the greeting replays it, or it went out already
+            if self.connections.get(participant_id) is not participant:
+                return
+            if seq == participant.delivered + 1:
+                entries = [(seq, event, payload)]
+            else:
+                try:
+                    entries = await self.state.since(participant_id, participant.delivered)
+                except ResumeError:
+                    # Too far behind to fill the gap: the client resumes or starts afresh.
+                    await self.sio.disconnect(participant.sid)
+                    return
+            for number, name, body in entries:
+                if number > participant.delivered:
+                    await self.sio.emit(name, body, to=participant.sid)
+                    participant.delivered = number
+
+    async def _remote_message(self, participant_id: str, seq: int, event: str,
+                              payload: dict[str, Any]) -> None:
+        await self._emit_numbered(participant_id, seq, event, payload)
+
+    async def _remote_kick(self, participant_id: str, sid: str) -> None:
+        """The participant connected on another process: drop its old socket here."""
+        participant = self.connections.by_sid(sid)
+        if participant is not None and participant.id == participant_id:
+            self.connections.detach(sid)
+            await self.sio.emit("replaced", {}, to=sid)
+            await self.sio.disconnect(sid)
 
     async def _deliver_notices(self) -> None:
         while True:
@@ -938,7 +1047,7 @@ class SignalingHub:
             await self._send(f"clerk:{notice.clerk_id}", "offer.withdrawn",
                              {"ticket_id": notice.ticket_id, "reason": notice.data["reason"]})
         elif kind == NoticeKind.YOU_ARE_NEXT and notice.ticket_id is not None:
-            owner = self._ticket_owner.get(notice.ticket_id)
+            owner = await self.state.owner_of(notice.ticket_id)
             if owner is not None:
                 await self._send(owner, "ticket.next", {"ticket_id": notice.ticket_id})
         elif kind == NoticeKind.QUEUE_CHANGED and notice.queue_key is not None:
@@ -953,11 +1062,11 @@ class SignalingHub:
     async def _ticket_changed(self, notice: Notice) -> None:
         assert notice.ticket_id is not None
         ticket = await self.hall.get_ticket(notice.ticket_id)
-        owner = self._ticket_owner.get(ticket.id)
-        live = self.sessions.find(ticket.id)
+        owner = await self.state.owner_of(ticket.id)
+        live = await self.state.session_find(ticket.id)
         if live is not None and ticket.state != TicketState.IN_SESSION:
-            self.sessions.close(ticket.id)
-            self._announced.discard(live.id)
+            live = await self.state.session_close(ticket.id)
+        if live is not None and ticket.state != TicketState.IN_SESSION:
             reason = _end_reason(notice.data)
             for pid in (live.resident, live.clerk, *sorted(live.monitors)):
                 await self._send(pid, "session.ended", {"session_id": live.id,
@@ -973,14 +1082,13 @@ class SignalingHub:
                 self._last_view[(watcher, ticket.id)] = view
                 await self._send(watcher, "ticket.update", {"ticket": view})
         if ticket.state == TicketState.IN_SESSION and ticket.clerk_id is not None:
-            live = self._open_session(ticket, f"clerk:{ticket.clerk_id}")
-            if live.id not in self._announced:
-                self._announced.add(live.id)
+            live = await self._open_session(ticket, f"clerk:{ticket.clerk_id}")
+            if await self.state.session_announce(live.id):
                 for pid in (live.resident, live.clerk):
-                    viewer = self.participants.get(pid)
-                    if viewer is not None:
-                        await self._send(pid, "session.started",
-                                         {"session": await self._session_view(live, viewer)})
+                    record = await self.state.record(pid)
+                    if record is not None:
+                        view = await self._session_view(live, record.principal)
+                        await self._send(pid, "session.started", {"session": view})
         if (ticket.state == TicketState.DONE and ticket.outcome == "unresolved"
                 and self.cases is not None):
             # 办不成事: a clerk's "could not be completed" files a case for the resident.
@@ -992,12 +1100,10 @@ class SignalingHub:
         if ticket.is_final:
             for key in [k for k in self._last_view if k[1] == ticket.id]:
                 del self._last_view[key]
-            self._ticket_owner.pop(ticket.id, None)
+            await self.state.owner_drop(ticket.id)
             self._sent_position.pop(ticket.id, None)
             if owner is not None:
-                resident = self.participants.get(owner)
-                if resident is not None and resident.ticket_id == ticket.id:
-                    resident.ticket_id = None
+                await self.state.clear_ticket(owner, ticket.id)
 
     # -- throttled position pushes ----------------------------------------------------------
     def _schedule_positions(self, queue_key: str) -> None:
@@ -1013,8 +1119,8 @@ class SignalingHub:
         if wait > 0:
             await asyncio.sleep(wait)
         push.last = loop.time()
-        ids = [t for t in await self.hall.store.queue_range(queue_key, 0, 1000)
-               if t in self._ticket_owner]
+        owners = await self.state.owners(await self.hall.store.queue_range(queue_key, 0, 1000))
+        ids = sorted(owners)
         if not ids:
             return
         for info in await self.hall.positions(ids):
@@ -1022,7 +1128,7 @@ class SignalingHub:
             if self._sent_position.get(info.ticket_id) == sent:
                 continue
             self._sent_position[info.ticket_id] = sent
-            owner = self._ticket_owner.get(info.ticket_id)
+            owner = owners.get(info.ticket_id)
             if owner is not None:
                 await self._send(owner, "ticket.position", position_view(info))
 

@@ -224,15 +224,16 @@ async def test_the_agent_resumes_after_the_hall_drops_it_and_gets_what_it_missed
         seq_before = agent._link.last_seq
 
         hub = hall.app[keys.HUB]
-        participant = hub.participants.get(f"kiosk:{POINT}")
-        assert participant is not None and participant.sid is not None
+        participant = hub.connections.get(f"kiosk:{POINT}")
+        record = hub.state.peek(f"kiosk:{POINT}")
+        assert participant is not None and record is not None
         await hub.sio.disconnect(participant.sid)
         await until(lambda: agent.state == "reconnecting", "the agent noticing the drop")
 
         # While the kiosk is away, the resident ahead leaves: the kiosk's position changes.
         await resident.ok("ticket.leave", {"ticket_id": first["id"]})
-        await until(lambda: participant.seq > seq_before, "a message numbered while away")
-        assert participant.sid is None, "the agent came back too early for this test"
+        await until(lambda: record.seq > seq_before, "a message numbered while away")
+        assert record.sid is None, "the agent came back too early for this test"
 
         await until(lambda: agent.resumes == 1 and agent.state == "online", "the resume",
                     timeout=10)
@@ -272,9 +273,8 @@ async def hall_on(port: int, env: dict[str, str]) -> AsyncIterator[web.Applicati
         # Python 3.11 can swallow that cancellation.
         await site.stop()
         hub = app[keys.HUB]
-        for participant in hub.participants.all():
-            if participant.sid is not None:
-                await hub.sio.disconnect(participant.sid)
+        for participant in hub.connections.all():
+            await hub.sio.disconnect(participant.sid)
         await asyncio.sleep(0.5)
         await runner.cleanup()
 
@@ -302,7 +302,7 @@ async def test_the_agent_comes_back_by_itself_after_the_hall_restarts(tmp_path: 
                         "the agent back online")
             # The new hall does not know the old resume token: a fresh login followed.
             assert (agent.resume_refusals, agent.logins) == (1, 1)
-            assert app[keys.HUB].participants.get(f"kiosk:{POINT}") is not None
+            assert app[keys.HUB].connections.get(f"kiosk:{POINT}") is not None
     finally:
         await agent.close()
 
@@ -312,10 +312,10 @@ async def test_a_refused_resume_falls_back_to_a_fresh_login() -> None:
     async with (live_hall({"HALL_RESUME_GRACE_S": "0.3"}) as hall,
                 running(kiosk_config(hall, backoff_initial_s=2.0)) as agent):
         hub = hall.app[keys.HUB]
-        participant = hub.participants.get(f"kiosk:{POINT}")
-        assert participant is not None and participant.sid is not None
+        participant = hub.connections.get(f"kiosk:{POINT}")
+        assert participant is not None
         await hub.sio.disconnect(participant.sid)
-        await until(lambda: hub.participants.get(f"kiosk:{POINT}") is None,
+        await until(lambda: hub.state.peek(f"kiosk:{POINT}") is None,
                     "the hall forgetting the kiosk")
         await until(lambda: agent.connections == 2 and agent.state == "online",
                     "the fresh connection")
@@ -331,8 +331,8 @@ async def test_the_media_comes_back_from_a_fresh_connection_after_a_resume(
         try:
             await media_flows(agent, peer)
             hub = hall.app[keys.HUB]
-            participant = hub.participants.get(f"kiosk:{POINT}")
-            assert participant is not None and participant.sid is not None
+            participant = hub.connections.get(f"kiosk:{POINT}")
+            assert participant is not None
             await hub.sio.disconnect(participant.sid)
             await clerk.wait_for("session.peer", lambda p: p["state"] == "reconnecting",
                                  timeout=TIMEOUT)
@@ -485,7 +485,7 @@ async def test_the_cli_connects_and_exits_cleanly_on_sigterm(hall: LiveHall,
     try:
         await asyncio.wait_for(_read_until(process.stdout, f"online as kiosk:{POINT}", lines),
                                TIMEOUT)
-        assert hall.app[keys.HUB].participants.get(f"kiosk:{POINT}") is not None
+        assert hall.app[keys.HUB].connections.get(f"kiosk:{POINT}") is not None
         process.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(process.stdout.read(), TIMEOUT)
         code = await asyncio.wait_for(process.wait(), TIMEOUT)

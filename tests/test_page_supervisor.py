@@ -153,7 +153,7 @@ async def test_login_refuses_wrong_password_and_clerks_then_shows_the_board(
                      what="the clerk refused")
     assert await page.is_hidden("#wall")
     hub = hall.app[keys.HUB]
-    assert hub.participants.get(f"clerk:{CLERK}") is None, "a clerk connected from the board"
+    assert hub.state.peek(f"clerk:{CLERK}") is None, "a clerk connected from the board"
     assert await page.evaluate("sessionStorage.length") == 0
 
     await login(page, "supervisor")
@@ -391,7 +391,7 @@ async def test_monitor_joins_silently_and_leaves(hall: LiveHall, browser: Browse
             return all(size > 0 for size in sizes)
 
         await wait_until(both_videos_play, what="the resident's and the clerk's video")
-        live = hall.app[keys.HUB].sessions.find(ticket_id)
+        live = await hall.app[keys.HUB].state.session_find(ticket_id)
         assert live is not None and live.monitors == {"supervisor:supervisor"}, live
         assert "monitor.joined" in await event_names(clerk_page, "clerk")
         await assert_accessible(page, "monitor panel open")
@@ -430,7 +430,7 @@ async def test_monitor_joins_silently_and_leaves(hall: LiveHall, browser: Browse
 
 
 async def _monitors(hall: LiveHall, session_id: str, n: int) -> bool:
-    live = hall.app[keys.HUB].sessions.find(session_id)
+    live = await hall.app[keys.HUB].state.session_find(session_id)
     return live is not None and len(live.monitors) == n
 
 

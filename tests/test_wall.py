@@ -332,8 +332,9 @@ async def test_wall_updates_are_unnumbered_and_not_replayed_on_resume() -> None:
         assert _matter(waiting["matters"], MATTER)["on_duty"] == 0
         await asyncio.sleep(0.4)  # eight passes of the pusher; nothing changed but time
         assert "wall.update" not in sup.names()
-        supervisor = hub.participants.get("supervisor:supervisor")
-        assert supervisor is not None and supervisor.seq == 0 and not supervisor.outbox
+        supervisor = hub.state.peek("supervisor:supervisor")
+        assert supervisor is not None and supervisor.seq == 0
+        assert await hub.state.since("supervisor:supervisor", 0) == []
         await sup.sio.eio.disconnect(abort=True)
         await resident.call("ticket.leave", {"ticket_id": took["ticket"]["id"]})
         await back.connect(hall.url, {"resume": welcome["resume_token"], "last_seq": 0})
@@ -412,7 +413,8 @@ async def test_kiosk_health_is_refused_for_other_roles_and_bad_payloads() -> Non
         for payload in bad:
             refused = await kiosk.call("kiosk.health", payload)
             assert refused["error"]["code"] == "invalid_payload", payload
-        assert hall.app[keys.HUB].kiosks.get("XH-002").health is None
+        kiosks = {k.id: k for k in await hall.app[keys.HUB].state.kiosks_all()}
+        assert kiosks["XH-002"].health is None
         edge = {**OK_HEALTH, "detail": "x" * 300, "agent": "a" * 64}
         assert (await kiosk.call("kiosk.health", edge))["ok"]
 
