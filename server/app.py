@@ -26,7 +26,6 @@ from aiohttp import web
 from rooms.casebook import CaseBook
 from rooms.catalog import ServiceHours, load_catalog
 from rooms.clock import SystemClock
-from rooms.errors import HallError
 from rooms.events import HallEvent
 from rooms.file_index_db import DatabaseFileIndex
 from rooms.files import FileLimits, LocalBlobStore, SessionFiles
@@ -35,7 +34,9 @@ from rooms.memory_store import MemoryStore
 from rooms.prereview_book import PreReviewBook
 from rooms.records import RecordsDB
 from rooms.records_writer import RecordsWriter
+from rooms.redis_store import RedisStore
 from rooms.runner import HallRunner
+from rooms.store import Store
 from server import keys
 from server.auth_routes import setup_auth
 from server.config import Settings
@@ -45,7 +46,9 @@ from server.prereview_routes import correction_list
 from server.routes import setup_routes
 from signaling.case_desk import CaseDesk
 from signaling.hub import HubConfig, SignalingHub
+from signaling.hub_state import HubState, MemoryHubState
 from signaling.prereview_desk import PreReviewDesk
+from signaling.redis_hub_state import RedisHubState
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +56,6 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     """Build the hall's web application; nothing is opened until the app starts."""
     settings = settings.resolve(demo=demo)
-    if settings.redis_url is not None:
-        raise HallError(
-            "HALL_REDIS_URL: the Redis store arrives in a later release; unset it to run embedded",
-            code="config_invalid",
-        )
     catalog = load_catalog(settings.catalog_path)
     if not settings.hours_enforced:
         catalog = catalog.with_hours(ServiceHours.always())
@@ -72,7 +70,16 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, in tests
     )
     setup_auth(app, settings, catalog, demo=demo, demo_password=app[keys.DEMO_PASSWORD])
-    store = MemoryStore()
+    store: Store
+    state: HubState
+    if settings.redis_url is None:
+        store = MemoryStore()
+        state = MemoryHubState(catalog.service_points)
+    else:
+        # Several processes, one hall: live state in Redis (docs/architecture.md).
+        store = RedisStore(settings.redis_url, prefix=settings.redis_prefix)
+        state = RedisHubState(settings.redis_url, catalog.service_points,
+                              prefix=settings.redis_prefix, process_id=settings.process_id)
     records = RecordsDB(settings.database_url)
     app[keys.RECORDS] = records
     hall = Hall(catalog, store, clock=SystemClock(), policy=settings.policy())
@@ -104,6 +111,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         ),
         prereviews=PreReviewDesk(hall, app[keys.PREREVIEWS], app[keys.FILES]),
         cases=CaseDesk(CaseBook(records), hall),
+        state=state,
     )
     hub.sio.attach(app)
     app[keys.HUB] = hub

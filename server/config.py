@@ -196,6 +196,13 @@ def _parse_origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(origin.rstrip("/") for origin in origins)
 
 
+def _parse_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not 1 <= len(value) <= 64 or any(c.isspace() for c in value):
+        raise _invalid(name, raw, "1 to 64 characters without spaces")
+    return value
+
+
 def _parse_file(name: str, raw: str) -> Path:
     path = Path(raw.strip()).expanduser()
     if not path.is_file():
@@ -210,6 +217,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     redis_url: str | None = None
+    # Key prefix in Redis: processes with the same URL and prefix are one hall.
+    redis_prefix: str = "hall:"
+    # Names this process to the others (its channel, its heartbeat); None: <hostname>-<pid>.
+    process_id: str | None = None
     # HALL_DATABASE_URL as given; the effective URL is the ``database_url`` property.
     database_url_setting: str | None = None
     data_dir: Path = Path("./var")
@@ -269,6 +280,8 @@ class Settings:
             host=get("HALL_HOST", _parse_host, d.host),
             port=get("HALL_PORT", lambda n, r: _parse_int(n, r, minimum=0, maximum=65535), d.port),
             redis_url=get("HALL_REDIS_URL", _parse_redis_url, d.redis_url),
+            redis_prefix=get("HALL_REDIS_PREFIX", _parse_name, d.redis_prefix),
+            process_id=get("HALL_PROCESS_ID", _parse_name, d.process_id),
             database_url_setting=get("HALL_DATABASE_URL", _parse_database_url, None),
             data_dir=get("HALL_DATA_DIR", lambda n, r: Path(r).expanduser(), d.data_dir),
             catalog_path=get("HALL_CATALOG", _parse_catalog, d.catalog_path),
@@ -376,6 +389,8 @@ class Settings:
         demo mode: tokens signed with a key that changes on every restart would log every
         clerk out at each deploy, and a guessable default key would let anyone forge them.
         """
+        if self.redis_url is not None:
+            self._check_shared(demo)
         secret_key = self.secret_key
         if secret_key is None:
             if not demo:
@@ -395,6 +410,19 @@ class Settings:
             # A demo is tried at any hour; a real hall keeps the catalog's opening hours.
             enforce_hours = not demo
         return replace(self, secret_key=secret_key, enforce_hours=enforce_hours)
+
+    def _check_shared(self, demo: bool) -> None:
+        """With Redis, several processes are one hall: what one issues, all must accept."""
+        missing = []
+        if self.secret_key is None:
+            missing.append("HALL_SECRET_KEY (every process must verify the others' tokens)")
+        if self.database_url_setting is None:
+            missing.append("HALL_DATABASE_URL (every process writes the same records)")
+        if demo and self.demo_password is None:
+            missing.append("HALL_DEMO_PASSWORD (one demo password for every process)")
+        if missing:
+            raise HallError("HALL_REDIS_URL is set, so these must be too: " + "; ".join(missing),
+                            code="config_invalid")
 
     def app_idp_key_resolved(self, demo: bool) -> str | None:
         """The key that verifies residents' identity tokens, or None if residents cannot log in.

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 import web as web_assets  # the project's templates/static package, not aiohttp.web
 from rooms.catalog import Catalog, Matter, ServiceHours, ServiceKind
+from rooms.errors import StoreUnavailableError
 from server import keys
 
 STATIC_DIR = Path(web_assets.__file__).parent / "static"
@@ -29,12 +31,23 @@ _WEEKDAY_ZH = ("周一", "周二", "周三", "周四", "周五", "周六", "周�
 
 
 def setup_routes(app: web.Application) -> None:
+    app.middlewares.append(store_unavailable)
     app.router.add_get("/", index, name="index")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/api/catalog", api_catalog, name="api_catalog")
     app.router.add_get("/api/queues", api_queues, name="api_queues")
     app.router.add_static("/static/", STATIC_DIR, name="static")
+
+
+@web.middleware
+async def store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Redis away: every HTTP answer that needed it is a clear 503, not an internal error."""
+    try:
+        return await handler(request)
+    except StoreUnavailableError as err:
+        return _json({"error": {"code": err.code, "message": err.message}}, status=503,
+                     no_store=True)
 
 
 def _json(data: Any, *, status: int = 200, no_store: bool = False) -> web.Response:
@@ -54,8 +67,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the records DB answers and the records writer is keeping up."""
+    """Readiness: the live-state store (Redis, when configured) and the records DB answer,
+    and the records writer is keeping up."""
     app = request.app
+    store = app.get(keys.STORE)
+    hub = app.get(keys.HUB)
+    store_ok = (store is not None and await store.ping()
+                and (hub is None or await hub.state.ping()))
     db = app.get(keys.RECORDS)
     writer = app.get(keys.WRITER)
     task = app.get(keys.WRITER_TASK)
@@ -64,10 +82,11 @@ async def readyz(request: web.Request) -> web.Response:
     # last flush succeeded and `healthy` still says so.
     writer_ok = writer is not None and writer.healthy and task is not None and not task.done()
     checks = {
+        "store": "ok" if store_ok else "failed",
         "records_db": "ok" if db_ok else "failed",
         "records_writer": "ok" if writer_ok else "failed",
     }
-    ready = db_ok and writer_ok
+    ready = store_ok and db_ok and writer_ok
     return _json(
         {"status": "ready" if ready else "not_ready", "checks": checks},
         status=200 if ready else 503,

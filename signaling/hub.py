@@ -157,6 +157,7 @@ class SignalingHub:
         self.state = state or MemoryHubState(hall.catalog.service_points)
         self.state.on_remote = self._remote_message
         self.state.on_kick = self._remote_kick
+        self.state.on_resync = self._resync
         self.cases = cases
         self.prereviews = prereviews
         self.tokens = tokens
@@ -999,7 +1000,7 @@ class SignalingHub:
                 return  # the greeting replays it, or it went out already
             if self.connections.get(participant_id) is not participant:
                 return
-            if seq == participant.delivered + 1:
+            if seq == participant.delivered + 1 and event:
                 entries = [(seq, event, payload)]
             else:
                 try:
@@ -1016,6 +1017,14 @@ class SignalingHub:
     async def _remote_message(self, participant_id: str, seq: int, event: str,
                               payload: dict[str, Any]) -> None:
         await self._emit_numbered(participant_id, seq, event, payload)
+
+    async def _resync(self) -> None:
+        """Emit whatever the outbox has beyond what each socket here was last sent."""
+        for participant in self.connections.all():
+            record = await self.state.record(participant.id)
+            if record is not None and record.seq > participant.delivered:
+                # No event: everything up to record.seq comes from the outbox.
+                await self._emit_numbered(participant.id, record.seq, "", {})
 
     async def _remote_kick(self, participant_id: str, sid: str) -> None:
         """The participant connected on another process: drop its old socket here."""

@@ -89,6 +89,9 @@ class HubState(abc.ABC):
         self.process_id = process_id
         self.on_remote: RemoteMessage | None = None
         self.on_kick: RemoteKick | None = None
+        # After a lost subscription is back: messages published meanwhile are only in the
+        # outboxes, the hub re-reads those of its sockets.
+        self.on_resync: Callable[[], Awaitable[None]] | None = None
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect and start listening (Redis); nothing in memory."""
