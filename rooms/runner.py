@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 
+from rooms.errors import StoreUnavailableError
 from rooms.hall import Hall
 
 logger = logging.getLogger("hall.runner")
@@ -55,6 +56,12 @@ class HallRunner:
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailableError as err:
+                # Expected while Redis is away (/readyz says so): one line, no traceback.
+                logger.warning("firing timers failed: %s; retrying in %.1fs", err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
             except Exception:
                 logger.exception("firing timers failed; retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)

@@ -27,6 +27,7 @@ from rooms.errors import (
     HallError,
     InvalidStateError,
     NotFoundError,
+    StoreUnavailableError,
     ThrottledError,
 )
 from rooms.events import EventKind
@@ -460,20 +461,26 @@ class SignalingHub:
                 if self._beat_ok_since is None:
                     self._beat_ok_since = loop.time()
                 if not alive:
-                    logger.warning("this process was declared dead; dropping %d sockets so "
-                                   "their clients resume", len(self.connections))
+                    logger.warning("this process was declared dead, or Redis lost its data; "
+                                   "dropping %d sockets so their clients resume",
+                                   len(self.connections))
+                    # Registers the catalog's clerks again if Redis came back empty (it
+                    # keeps every clerk it still knows).
+                    await self.hall.start()
                     for participant in self.connections.all():
                         await self.sio.disconnect(participant.sid)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
+                if self._beat_ok_since is not None:  # once per outage
+                    logger.warning("heartbeat failed (until it works again): %r", err)
                 self._beat_ok_since = None
-                logger.warning("heartbeat failed: %r", err)
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
     async def _sweep_forever(self) -> None:
         """Expire resume graces, and take over participants of processes that died."""
         loop = asyncio.get_running_loop()
+        failing = False
         while True:
             try:
                 now = time.time()
@@ -489,8 +496,13 @@ class SignalingHub:
                         await self._went_away(record)
             except asyncio.CancelledError:
                 raise
+                if failing:
+                    logger.info("sweeping again")
+                    failing = False
             except Exception as err:
-                logger.warning("sweep failed: %r", err)
+                if not failing:  # once per outage, not four times a second
+                    logger.warning("sweep failed (until it works again): %r", err)
+                    failing = True
             await asyncio.sleep(self.config.sweep_interval_s)
 
     # ------------------------------------------------------------------ events
@@ -883,6 +895,8 @@ class SignalingHub:
                 await self._push_views()
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailableError as err:
+                logger.debug("views not pushed: %s", err)  # /readyz and the sweep say it
             except Exception:
                 logger.exception("pushing wall and queue views failed; trying again")
             await asyncio.sleep(self.config.wall_interval_s)
