@@ -244,13 +244,29 @@ def test_serve_refuses_to_start_without_secret_key(
     assert "HALL_SECRET_KEY" in capsys.readouterr().err
 
 
-def test_redis_url_is_refused_for_now(tmp_path: Path) -> None:
-    """Setting HALL_REDIS_URL is refused with a message saying to unset it."""
-    settings = Settings(data_dir=tmp_path, redis_url="redis://localhost:6379/0")
+def test_redis_mode_refuses_settings_the_processes_would_not_share(tmp_path: Path) -> None:
+    """With HALL_REDIS_URL, a missing secret key, database URL or demo password is refused."""
+    settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(HallError) as caught:
         create_app(settings, demo=True)
     assert caught.value.code == "config_invalid"
-    assert "HALL_REDIS_URL" in caught.value.message
+    for name in ("HALL_SECRET_KEY", "HALL_DATABASE_URL", "HALL_DEMO_PASSWORD"):
+        assert name in caught.value.message
+
+
+def test_redis_mode_builds_the_shared_stores(tmp_path: Path) -> None:
+    """With every shared setting, the hall is built on Redis (nothing is opened yet)."""
+    from rooms.redis_store import RedisStore
+    from signaling.redis_hub_state import RedisHubState
+
+    env = {"HALL_REDIS_URL": "redis://127.0.0.1:1/0", "HALL_REDIS_PREFIX": "x1:",
+           "HALL_PROCESS_ID": "hall-a", "HALL_SECRET_KEY": SECRET,
+           "HALL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/r.db",
+           "HALL_DATA_DIR": str(tmp_path), "HALL_DEMO_PASSWORD": "pw-123456"}
+    app = create_app(Settings.from_env(env), demo=True)
+    store, state = app[keys.STORE], app[keys.HUB].state
+    assert isinstance(store, RedisStore) and store.prefix == "x1:"
+    assert isinstance(state, RedisHubState) and state.process_id == "hall-a"
 
 
 # -- HTTP over a real socket -----------------------------------------------------------------
@@ -294,7 +310,7 @@ async def test_readyz_is_ready_when_db_and_writer_are(
     status, body = await _json(client, "/readyz")
     assert status == 200
     assert body["status"] == "ready"
-    assert body["checks"] == {"records_db": "ok", "records_writer": "ok"}
+    assert body["checks"] == {"store": "ok", "records_db": "ok", "records_writer": "ok"}
 
 
 async def test_readyz_names_the_failed_part(
@@ -319,7 +335,7 @@ async def test_readyz_fails_when_the_writer_task_died(
         await task
     status, body = await _json(client, "/readyz")
     assert status == 503
-    assert body["checks"] == {"records_db": "ok", "records_writer": "failed"}
+    assert body["checks"] == {"store": "ok", "records_db": "ok", "records_writer": "failed"}
 
 
 def test_only_a_demo_ignores_service_hours(tmp_path: Path) -> None:
