@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -26,7 +26,11 @@ CLERK = Principal(Role.CLERK, "clerk01", "王芳")
 SUP = Principal(Role.SUPERVISOR, "sup", "李主任")
 KIOSK = Principal(Role.KIOSK, "XH-001", "徐家汇 1", service_point_id="XH-001")
 
-Maker = Callable[[str], Awaitable[HubState]]
+
+
+class Maker(Protocol):
+    def __call__(self, process_id: str = ...) -> Awaitable[HubState]: ...
+
 
 
 @pytest.fixture(params=["memory", "redis"])
