@@ -22,7 +22,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rooms.errors import ForbiddenError, HallError, NotFoundError
 from signaling.identity import Principal, Role
@@ -428,6 +428,17 @@ class MemoryHubState(HubState):
 
     async def kiosks_all(self) -> list[KioskStatus]:
         return self._kiosks.all()
+
+
+class _HasState(Protocol):
+    state: HubState
+
+
+def embedded(hub: _HasState) -> MemoryHubState:
+    """The hub's state when it is the embedded one (tests and diagnostics look into it)."""
+    if not isinstance(hub.state, MemoryHubState):
+        raise TypeError(f"the hub runs on {type(hub.state).__name__}, not in memory")
+    return hub.state
 
 
 def role_of(participant_id: str) -> Role | None:

@@ -29,6 +29,7 @@ from kiosk.health import SourceProbe
 from server import keys
 from server.app import create_app
 from server.config import Settings
+from signaling.hub_state import embedded
 from tests.rtcpeer import HallClient, MediaPeer
 from tests.signalkit import PASSWORD, LiveHall, free_port, live_hall
 
@@ -225,7 +226,7 @@ async def test_the_agent_resumes_after_the_hall_drops_it_and_gets_what_it_missed
 
         hub = hall.app[keys.HUB]
         participant = hub.connections.get(f"kiosk:{POINT}")
-        record = hub.state.peek(f"kiosk:{POINT}")
+        record = embedded(hub).peek(f"kiosk:{POINT}")
         assert participant is not None and record is not None
         await hub.sio.disconnect(participant.sid)
         await until(lambda: agent.state == "reconnecting", "the agent noticing the drop")
@@ -315,7 +316,7 @@ async def test_a_refused_resume_falls_back_to_a_fresh_login() -> None:
         participant = hub.connections.get(f"kiosk:{POINT}")
         assert participant is not None
         await hub.sio.disconnect(participant.sid)
-        await until(lambda: hub.state.peek(f"kiosk:{POINT}") is None,
+        await until(lambda: embedded(hub).peek(f"kiosk:{POINT}") is None,
                     "the hall forgetting the kiosk")
         await until(lambda: agent.connections == 2 and agent.state == "online",
                     "the fresh connection")

@@ -19,6 +19,7 @@ import pytest
 from playwright.async_api import Browser, Page
 
 from server import keys
+from signaling.hub_state import embedded
 from tests.browserkit import DESKTOP, Watched, open_page, run_axe, serious, wait_until
 from tests.signalkit import PASSWORD, Client, LiveHall, live_hall
 
@@ -153,7 +154,7 @@ async def test_login_refuses_wrong_password_and_clerks_then_shows_the_board(
                      what="the clerk refused")
     assert await page.is_hidden("#wall")
     hub = hall.app[keys.HUB]
-    assert hub.state.peek(f"clerk:{CLERK}") is None, "a clerk connected from the board"
+    assert embedded(hub).peek(f"clerk:{CLERK}") is None, "a clerk connected from the board"
     assert await page.evaluate("sessionStorage.length") == 0
 
     await login(page, "supervisor")

@@ -22,6 +22,7 @@ from rooms.records import RecordsDB
 from server import keys
 from server.config import Settings
 from signaling.hub import SignalingHub
+from signaling.hub_state import embedded
 from signaling.identity import Principal, Role
 from signaling.kiosks import DeviceReport, Kiosks
 from signaling.wall import build_queues, build_wall
@@ -332,7 +333,7 @@ async def test_wall_updates_are_unnumbered_and_not_replayed_on_resume() -> None:
         assert _matter(waiting["matters"], MATTER)["on_duty"] == 0
         await asyncio.sleep(0.4)  # eight passes of the pusher; nothing changed but time
         assert "wall.update" not in sup.names()
-        supervisor = hub.state.peek("supervisor:supervisor")
+        supervisor = embedded(hub).peek("supervisor:supervisor")
         assert supervisor is not None and supervisor.seq == 0
         assert await hub.state.since("supervisor:supervisor", 0) == []
         await sup.sio.eio.disconnect(abort=True)
