@@ -190,6 +190,7 @@ class SignalingHub:
         self._sent_position: dict[str, tuple[int | None, float | None, bool]] = {}
         self._last_view: dict[tuple[str, str], dict[str, Any]] = {}  # (participant, ticket)
         self._beat_ok_since: float | None = None  # loop time heartbeats have worked since
+        self._undetached: dict[str, str] = {}  # sid -> participant: detach failed, to retry
         self._tasks = _Tasks()
         self._notices: asyncio.Queue[Sequence[Notice]] = asyncio.Queue()
         self._unsubscribe: Callable[[], None] | None = None
@@ -326,11 +327,18 @@ class SignalingHub:
         # A socket of another process that held this participant is dropped by that process
         # (the state told it: _remote_kick).
         back = hello.resume is not None or attached.was_away
-        if principal.role == Role.CLERK:
-            await self.hall.login(principal.subject)
-        if principal.role == Role.KIOSK:
-            await self._kiosk_presence(principal, online=True)
-        welcome = await self._welcome(participant, attached.seq, hello.resume is not None)
+        try:
+            if principal.role == Role.CLERK:
+                await self.hall.login(principal.subject)
+            if principal.role == Role.KIOSK:
+                await self._kiosk_presence(principal, online=True)
+            welcome = await self._welcome(participant, attached.seq, hello.resume is not None)
+        except HallError:
+            # Refused after the shared state took the socket as connected: undo that (by
+            # the sweep, should the state itself be what failed).
+            self.connections.detach(sid)
+            self._undetached[sid] = participant.id
+            raise
         return participant, welcome, start, back
 
     async def _greet(
@@ -405,8 +413,18 @@ class SignalingHub:
         if participant is None:
             return  # never authenticated, or replaced by a newer connection
         self._views_sent.pop(participant.id, None)
+        try:
+            await self._detach(participant.id, sid)
+        except StoreUnavailableError:
+            # Redis is away: without this, the participant would stay "connected here" in
+            # the shared state for good. The sweep retries until Redis answers.
+            self._undetached[sid] = participant.id
+            logger.warning("%s left while the shared state was unavailable; retrying",
+                           participant.id)
+
+    async def _detach(self, participant_id: str, sid: str) -> None:
         now = time.time()
-        record = await self.state.detach(participant.id, sid, now,
+        record = await self.state.detach(participant_id, sid, now,
                                          now + self.config.resume_grace_s)
         if record is not None:
             await self._went_away(record)
@@ -483,6 +501,9 @@ class SignalingHub:
         failing = False
         while True:
             try:
+                for sid, pid in list(self._undetached.items()):
+                    await self._detach(pid, sid)
+                    del self._undetached[sid]
                 now = time.time()
                 for pid in await self.state.graces_due(now):
                     await self._grace_over(pid)
