@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 from rooms.records import RecordsDB
 from rooms.store import Store
@@ -49,6 +50,8 @@ class RecordsWriter:
         # flush() may be called (e.g. at shutdown) while run() is flushing; serialising them
         # keeps the written count exact and avoids appending the same batch twice at once.
         self._flush_lock = asyncio.Lock()
+        self._holder = secrets.token_hex(8)
+        self._lease_s = max(5.0, 10 * interval_s)
 
     @property
     def healthy(self) -> bool:
@@ -98,12 +101,18 @@ class RecordsWriter:
         failures = 0
         while True:
             try:
-                await self.flush()
+                # With several processes on one store, one of them moves the log at a time
+                # (the others would insert every event again, skipped as duplicates: N times
+                # the database work). If it dies, another takes over when the lease runs out.
+                if await self._store.lease("records-writer", self._holder,
+                                           self._lease_s):
+                    await self.flush()
             # Any failure (database down, table missing, a driver error type SQLAlchemy does
             # not wrap) is logged and retried: the events are safe in the outbox, and a writer
             # that died would let them pile up unseen. CancelledError is a BaseException and
             # passes through, which is how the task is stopped.
             except Exception as exc:
+                self._healthy = False  # also when the lease itself could not be asked for
                 failures += 1
                 delay = min(
                     self._max_backoff_s,

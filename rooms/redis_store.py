@@ -146,12 +146,22 @@ T = TypeVar("T")
 
 # Take the lock, or find that it is already ours (a retried request whose reply was lost).
 _ACQUIRE = """
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('get', KEYS[1]) == ARGV[1] then return 1 end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+   or redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('zrem', KEYS[2], ARGV[3])
+  return 1
+end
+if ARGV[5] == '1' then
+  local t = redis.call('time')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('zremrangebyscore', KEYS[2], '-inf', now - tonumber(ARGV[4]))
+  redis.call('zadd', KEYS[2], 'NX', now, ARGV[3])
+end
 return 0
 """
 
-# KEYS: lock, committed-hash, then every key written. ARGV: token, store instance, wake channel,
+# KEYS: lock, committed-hash, lock queue, then every key written. ARGV: token, store instance,
+# wake-up channel prefix (the first store in the lock queue is woken),
 # then ops: command, index into KEYS, n, n arguments. Sent in slices of at most 1000 arguments
 # (an even number, so score/member and field/value pairs are never split) to stay far below the
 # Lua stack limit.
@@ -171,8 +181,17 @@ while i <= #ARGV do
 end
 redis.call('hset', KEYS[2], ARGV[2], ARGV[1])
 redis.call('del', KEYS[1])
-redis.call('publish', ARGV[3], '1')
+local waiting = redis.call('zrange', KEYS[3], 0, 0)
+if waiting[1] then redis.call('publish', ARGV[3] .. waiting[1], '1') end
 return 1
+"""
+
+# Take a free lease or renew one's own.
+_LEASE = """
+local holder = redis.call('get', KEYS[1])
+if not holder then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+if holder == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
+return 0
 """
 
 # SETNX to the base (time in µs), then INCRBY: monotonic and unique across restarts.
@@ -309,6 +328,7 @@ class _Scripts:
     next_seq: AsyncScript
     rank_score: AsyncScript
     count_below: AsyncScript
+    lease: AsyncScript
 
 
 def _writes(
@@ -363,7 +383,11 @@ class RedisStore(Store):
         self._handbacks: set[asyncio.Task[None]] = set()  # see _acquire
         self._lock_key = prefix + "lock"
         self._committed_key = prefix + "committed"
-        self._channel = prefix + "unlock"
+        # Waiting stores, oldest first (score: when they first found the lock taken, ms); a
+        # release wakes the first of them only, on its own channel.
+        self._queue_key = prefix + "lockq"
+        self._wake_prefix = prefix + "wake:"
+        self._channel = self._wake_prefix + self._instance
         self._tickets_key = prefix + "tickets"
         self._clerks_key = prefix + "clerks"
         self._active_key = prefix + "active"
@@ -396,6 +420,7 @@ class RedisStore(Store):
             next_seq=client.register_script(_NEXT_SEQ),
             rank_score=client.register_script(_RANK_SCORE),
             count_below=client.register_script(_COUNT_BELOW),
+            lease=client.register_script(_LEASE),
         )
         try:
             await self._io(client.ping())
@@ -526,8 +551,10 @@ class RedisStore(Store):
             # Cleared before trying, so a release between this try and the wait still wakes us.
             self._wake.clear()
             try:
-                got = await self._io(lua.acquire(keys=[self._lock_key],
-                                                 args=[token, self._lease_ms]))
+                got = await self._io(lua.acquire(
+                    keys=[self._lock_key, self._queue_key],
+                    args=[token, self._lease_ms, self._instance,
+                          round(self._acquire_timeout_s * 1000), int(self._wakeups)]))
             except asyncio.CancelledError:
                 # Redis may have given us the lock before the cancel arrived: hand it back now
                 # rather than stall every process until the lease runs out.
@@ -548,13 +575,13 @@ class RedisStore(Store):
     def _hand_back(self, token: str) -> None:
         async def release() -> None:
             with contextlib.suppress(Exception):  # not ours after all, or Redis gone: the lease
-                await self._commit(_Tx(token))
+                await self._commit(_Tx(token), quiet=True)
 
         task = asyncio.create_task(release(), name="redis-store-hand-back")
         self._handbacks.add(task)
         task.add_done_callback(self._handbacks.discard)
 
-    async def _commit(self, tx: _Tx) -> None:
+    async def _commit(self, tx: _Tx, *, quiet: bool = False) -> None:
         keys, args = self._encode(tx)
         try:
             done = await self._io(self._lua().commit(keys=keys, args=args))
@@ -563,8 +590,9 @@ class RedisStore(Store):
                 f"{exc.message}; the command may not have been recorded"
             ) from exc.__cause__
         if done == 0:
-            logger.warning("commit refused: the lease on %s ran out (over %d ms)",
-                           self._lock_key, self._lease_ms)
+            if not quiet:
+                logger.warning("commit refused: the lease on %s ran out (over %d ms)",
+                               self._lock_key, self._lease_ms)
             raise StoreLockLostError(
                 f"the hall lock's lease ({self._lease_ms} ms) ran out before the command "
                 "committed, so another process may have taken over; nothing was written"
@@ -573,8 +601,8 @@ class RedisStore(Store):
     def _encode(self, tx: _Tx) -> tuple[list[str], list[str | bytes | int]]:
         """The commit script's KEYS and ARGV: every buffered write (final values, and the
         counters' increments)."""
-        keys = [self._lock_key, self._committed_key]
-        args: list[str | bytes | int] = [tx.token, self._instance, self._channel]
+        keys = [self._lock_key, self._committed_key, self._queue_key]
+        args: list[str | bytes | int] = [tx.token, self._instance, self._wake_prefix]
 
         def op(command: str, key: str, items: Sequence[str | bytes]) -> None:
             if items:
@@ -735,6 +763,11 @@ class RedisStore(Store):
         return count - sum(1 for m in changed if view.base[m]) + len(view.adds)
 
     # ------------------------------------------------------------------ counters
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        got = await self._io(self._lua().lease(keys=[self._prefix + "lease:" + name],
+                                               args=[holder, max(1, round(ttl_s * 1000))]))
+        return bool(got)
+
     async def next_seq(self, name: str) -> int:
         return await self._reserve(name, 1)
 

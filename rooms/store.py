@@ -55,6 +55,11 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[None]:
         """Serialise one engine command against every other (across processes for Redis)."""
 
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Whether ``holder`` holds (took or renewed) the lease ``name`` for ``ttl_s``: work
+        that one process must do for all (moving the event log), not each. One process: yes."""
+        return True
+
     # -- counters ----------------------------------------------------------------------------
     @abc.abstractmethod
     async def next_seq(self, name: str) -> int:

@@ -10,14 +10,15 @@ set -eu
 
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 
-PACKAGES="chromium fonts-noto-cjk"
+# nginx: tests/test_deploy.py runs deploy/nginx.conf for real in front of a local cluster.
+PACKAGES="chromium fonts-noto-cjk nginx-light"
 
 have_font() {
     dpkg-query -W -f='${Status}' fonts-noto-cjk 2>/dev/null | grep -q "install ok installed"
 }
 
-if [ -x "$CHROMIUM" ] && have_font; then
-    echo "install-browser: $CHROMIUM and a CJK font are already installed; nothing to do"
+if [ -x "$CHROMIUM" ] && have_font && command -v nginx >/dev/null 2>&1; then
+    echo "install-browser: $CHROMIUM, a CJK font and nginx are already installed; nothing to do"
     exit 0
 fi
 

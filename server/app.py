@@ -238,8 +238,11 @@ async def _sweep_files(app: web.Application) -> None:
 
 
 async def _sweep_cases(app: web.Application) -> None:
-    """办不成事 deadlines: escalate the overdue, auto-close the unconfirmed resolved."""
-    await app[keys.HUB].sweep_cases()
+    """办不成事 deadlines: escalate the overdue, auto-close the unconfirmed resolved. One
+    process of several does it (a lease in the store), so an escalation is announced once."""
+    hub = app[keys.HUB]
+    if await app[keys.STORE].lease("case-sweep", hub.state.process_id, 120.0):
+        await hub.sweep_cases()
 
 
 _file_sweep_ctx = _every(3600, "file retention sweep", _sweep_files)

@@ -473,8 +473,17 @@ class SignalingHub:
         Redis for longer than the TTL), its participants are already away with their resume
         grace running: drop their sockets, so the clients resume and everything is in step."""
         loop = asyncio.get_running_loop()
+        released = False
         while True:
             try:
+                if not released:
+                    now = time.time()
+                    for record in await self.state.release_own(
+                            now, now + self.config.resume_grace_s):
+                        logger.info("%s was held by this process's predecessor; resume grace "
+                                    "started", record.id)
+                        await self._went_away(record)
+                    released = True
                 alive = await self.state.heartbeat(self.config.heartbeat_ttl_s, time.time())
                 if self._beat_ok_since is None:
                     self._beat_ok_since = loop.time()
@@ -515,11 +524,11 @@ class SignalingHub:
                             now, now + self.config.resume_grace_s):
                         logger.info("%s lost its process; resume grace started", record.id)
                         await self._went_away(record)
-            except asyncio.CancelledError:
-                raise
                 if failing:
                     logger.info("sweeping again")
                     failing = False
+            except asyncio.CancelledError:
+                raise
             except Exception as err:
                 if not failing:  # once per outage, not four times a second
                     logger.warning("sweep failed (until it works again): %r", err)
@@ -556,7 +565,12 @@ class SignalingHub:
         if participant.principal.role not in spec.roles:
             raise ForbiddenError(f'a {participant.principal.role} may not send "{event}"')
         payload = p.parse(spec.schema, data)
-        return await self._handlers[event](participant, payload)
+        # One event of a socket at a time, in the order they arrived (python-socketio runs
+        # each in a task of its own): taken before the first await, so the lock's FIFO is the
+        # arrival order. Without it, two rtc.signal of one sender could be numbered in the
+        # order their Redis round trips happen to finish, not the order they were sent.
+        async with participant.inbound:
+            return await self._handlers[event](participant, payload)
 
     async def _hello(self, sid: str, data: Any) -> dict[str, Any]:
         if self.connections.by_sid(sid) is not None:
@@ -1105,9 +1119,13 @@ class SignalingHub:
 
     async def _ticket_changed(self, notice: Notice) -> None:
         assert notice.ticket_id is not None
+        # The session before the ticket: an accept commits in_session, then opens the
+        # session, so a session found here and a ticket read after it that is not in_session
+        # means the session is really over. The other order closed a session just opened
+        # when this notice (of an older command) read the ticket before the accept.
+        live = await self.state.session_find(notice.ticket_id)
         ticket = await self.hall.get_ticket(notice.ticket_id)
         owner = await self.state.owner_of(ticket.id)
-        live = await self.state.session_find(ticket.id)
         if live is not None and ticket.state != TicketState.IN_SESSION:
             live = await self.state.session_close(ticket.id)
         if live is not None and ticket.state != TicketState.IN_SESSION:

@@ -111,6 +111,11 @@ class HubState(abc.ABC):
         """Claim participants whose owning process died: marked away, grace started."""
         return []
 
+    async def release_own(self, now: float, grace_until: float) -> list[Record]:
+        """At start: participants still listed under this process id (a predecessor with the
+        same id died) are marked away, grace started."""
+        return []
+
     # -- participants --------------------------------------------------------------------
     @abc.abstractmethod
     async def attach(self, principal: Principal, sid: str) -> Attached:

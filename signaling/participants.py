@@ -28,6 +28,8 @@ class Participant:
     delivered: int = 0  # the last seq emitted on this socket
     # Held while emitting numbered messages: one at a time, in seq order.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Held while handling one of its events: they are handled in the order they arrived.
+    inbound: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def id(self) -> str:

@@ -89,7 +89,7 @@ local away = redis.call('ZREM', KEYS[3], ARGV[8])
 if prev_owner and prev_owner ~= ARGV[5] then
   redis.call('SREM', ARGV[7] .. 'owned:' .. prev_owner, ARGV[8])
   redis.call('PUBLISH', ARGV[7] .. 'proc:' .. prev_owner,
-             cjson.encode({'k', ARGV[8], prev_sid or ''}))
+             'k ' .. #ARGV[8] .. ' ' .. ARGV[8] .. (prev_sid or ''))
 end
 return {tonumber(redis.call('HGET', KEYS[1], 'seq')), prev_owner or '', prev_sid or '', away}
 """
@@ -116,7 +116,7 @@ redis.call('RPUSH', KEYS[2], entry)
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner and owner ~= ARGV[4] then
-  redis.call('PUBLISH', ARGV[5] .. 'proc:' .. owner, cjson.encode({'m', ARGV[6], entry}))
+  redis.call('PUBLISH', ARGV[5] .. 'proc:' .. owner, 'm ' .. #ARGV[6] .. ' ' .. ARGV[6] .. entry)
 end
 return {seq, owner or ''}
 """
@@ -128,7 +128,9 @@ return due
 """
 
 _ORPHANS = """
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 16)
+local dead
+if ARGV[4] ~= '' then dead = {ARGV[4]}
+else dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 16) end
 local out = {}
 for _, proc in ipairs(dead) do
   redis.call('ZREM', KEYS[1], proc)
@@ -210,6 +212,12 @@ redis.call('SREM', KEYS[5], ARGV[1])
 return {resident, clerk, monitors}
 """
 
+_SESSION_FIND = """
+local people = redis.call('HMGET', KEYS[1], 'resident', 'clerk')
+if not people[1] then return false end
+return {people[1], people[2], redis.call('SMEMBERS', KEYS[2])}
+"""
+
 _SESSION_ANNOUNCE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HSETNX', KEYS[1], 'announced', 1)
@@ -256,7 +264,8 @@ return 1
 
 
 def default_process_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    # The random part: in a container the hostname and pid (1) survive a restart.
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _text(raw: bytes | str | None) -> str | None:
@@ -349,6 +358,7 @@ class RedisHubState(HubState):
                              ("clear_ticket", _CLEAR_TICKET), ("session_open", _SESSION_OPEN),
                              ("session_close", _SESSION_CLOSE),
                              ("session_announce", _SESSION_ANNOUNCE), ("monitor", _MONITOR),
+                             ("session_find", _SESSION_FIND),
                              ("push_capped", _PUSH_CAPPED), ("kiosk_online", _KIOSK_ONLINE),
                              ("kiosk_report", _KIOSK_REPORT)):
             self._scripts[name] = client.register_script(source)
@@ -426,12 +436,18 @@ class RedisHubState(HubState):
             await client.aclose()
 
     async def _dispatch(self, data: bytes) -> None:
+        """``m <n> <participant><entry>`` (a message) or ``k <n> <participant><sid>`` (a
+        kick), n the participant id's length in bytes: plain text, so neither Lua nor Python
+        encodes the entry twice, and any participant id goes through."""
         try:
-            kind, pid, rest = orjson.loads(data)
-            if kind == "m" and self.on_remote is not None:
+            kind, size, rest_bytes = data.split(b" ", 2)
+            pid = rest_bytes[:int(size)].decode()
+            rest = rest_bytes[int(size):].decode()
+            kind_text = kind.decode()
+            if kind_text == "m" and self.on_remote is not None:
                 seq, event, payload = _entry(rest)
                 await self.on_remote(pid, seq, event, payload)
-            elif kind == "k" and self.on_kick is not None and rest:
+            elif kind_text == "k" and self.on_kick is not None and rest:
                 await self.on_kick(pid, rest)
         except asyncio.CancelledError:
             raise
@@ -446,8 +462,16 @@ class RedisHubState(HubState):
         return first or not added
 
     async def orphans(self, now: float, grace_until: float) -> list[Record]:
+        return await self._claim(now, grace_until, "")
+
+    async def release_own(self, now: float, grace_until: float) -> list[Record]:
+        # A process restarted under the same id finds its predecessor's participants listed
+        # as its own: they are away (their sockets died with it), not connected here.
+        return await self._claim(now, grace_until, self.process_id)
+
+    async def _claim(self, now: float, grace_until: float, process: str) -> list[Record]:
         pids = await self._run("orphans", [self._k("procs"), self._k("graces")],
-                               [repr(now), repr(grace_until), self._p])
+                               [repr(now), repr(grace_until), self._p, process])
         records = []
         for raw in pids or []:
             record = await self.record(_text(raw) or "")
@@ -551,13 +575,8 @@ class RedisHubState(HubState):
 
     async def session_find(self, session_id: str) -> MediaSession | None:
         sess, mon, _, _ = self._session_keys(session_id)
-        async with self._client().pipeline(transaction=True) as pipe:
-            pipe.hmget(sess, "resident", "clerk")
-            pipe.smembers(mon)
-            (resident, clerk), monitors = await self._io(pipe.execute())
-        if resident is None or clerk is None:
-            return None
-        return self._session(session_id, resident, clerk, monitors)
+        got = await self._run("session_find", [sess, mon], [])
+        return None if not got else self._session(session_id, *got)
 
     async def session_close(self, session_id: str) -> MediaSession | None:
         got = await self._run("session_close",

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import pytest
 import socketio
 from aiohttp import web
 
 from server import keys
 from server.app import create_app
 from server.config import Settings
+from tests.redisproc import RedisServer, drop_prefix, new_prefix
 
 PASSWORD = "demo-password-for-tests"
+# Set by the hall_backend fixture: live_hall then starts Redis-mode halls.
+_TEST_REDIS_URL = "HALL_TEST_REDIS_URL"
+_TEST_REDIS_PREFIX = "HALL_TEST_REDIS_PREFIX"
 
 
 def free_port() -> int:
@@ -58,11 +64,36 @@ class LiveHall:
         return str(reply["token"])
 
 
+@pytest.fixture(params=["memory", "redis"])
+def hall_backend(request: pytest.FixtureRequest,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test on an embedded hall, then on a Redis-mode hall (a private redis-server,
+    a key prefix of its own): the halls :func:`live_hall` starts follow it."""
+    if request.param == "memory":
+        yield "memory"
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = new_prefix()
+    monkeypatch.setenv(_TEST_REDIS_URL, server.url)
+    monkeypatch.setenv(_TEST_REDIS_PREFIX, prefix)
+    yield "redis"
+    drop_prefix(server.url, prefix)
+
+
+def _backend_env() -> dict[str, str]:
+    url = os.environ.get(_TEST_REDIS_URL)
+    if not url:
+        return {}
+    return {"HALL_REDIS_URL": url, "HALL_REDIS_PREFIX": os.environ[_TEST_REDIS_PREFIX],
+            "HALL_SECRET_KEY": "redis-mode-test-secret-" + "x" * 16}
+
+
 @asynccontextmanager
 async def live_hall(env: Mapping[str, str] | None = None) -> AsyncIterator[LiveHall]:
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="hall-test-")
     settings = Settings.from_env({
+        **_backend_env(),
         "HALL_DATA_DIR": data_dir,
         "HALL_DEMO_PASSWORD": PASSWORD,
         # A file, as in production: an in-memory SQLite is one shared connection, on which

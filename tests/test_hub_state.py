@@ -309,3 +309,18 @@ async def test_participants_of_a_dead_process_are_claimed_once(
     # A comes back: it learns it was declared dead.
     assert await a.heartbeat(5.0, 300.0) is False
     assert await a.heartbeat(5.0, 301.0) is True
+
+
+async def test_a_restarted_process_with_the_same_id_releases_its_predecessors_participants(
+        two: tuple[RedisHubState, RedisHubState]) -> None:
+    """What a dead process with this id held is handed to the resume grace at start."""
+    a, b = two
+    await a.attach(ALICE, "sid-a")
+    await b.attach(CLERK, "sid-b")
+    released = await a.release_own(10.0, 40.0)
+    assert [r.id for r in released] == [ALICE.participant_id]
+    record = await a.record(ALICE.participant_id)
+    assert record is not None and record.owner is None
+    assert await a.graces_due(41.0) == [ALICE.participant_id]
+    clerk = await b.record(CLERK.participant_id)
+    assert clerk is not None and clerk.owner == "hall-b"

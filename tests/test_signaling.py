@@ -15,7 +15,10 @@ import socketio
 
 from rooms.events import EventKind
 from server import keys
-from tests.signalkit import Client, LiveHall, clients, live_hall
+from tests.signalkit import Client, LiveHall, clients, hall_backend, live_hall
+
+# Every test runs on an embedded hall and on a Redis-mode one.
+pytestmark = pytest.mark.usefixtures(hall_backend.__name__)
 
 MATTER = "flexible_employment_registration"  # served by clerk01 and clerk02 (hrss)
 SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n" + "a=x\r\n" * 200
