@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from server import keys
-from tests.signalkit import clients, live_hall
+from tests.signalkit import clients, hall_backend, live_hall
+
+# Every test runs on an embedded hall and on a Redis-mode one.
+pytestmark = pytest.mark.usefixtures(hall_backend.__name__)
 
 MATTER = "flexible_employment_registration"  # hrss: served by clerk01
 

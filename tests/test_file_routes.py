@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from rooms.events import EventKind
 from server import keys
-from tests.signalkit import Client, LiveHall, clients, live_hall
+from tests.signalkit import Client, LiveHall, clients, hall_backend, live_hall
+
+# Every test runs on an embedded hall and on a Redis-mode one.
+pytestmark = pytest.mark.usefixtures(hall_backend.__name__)
 
 MATTER = "flexible_employment_registration"
 
