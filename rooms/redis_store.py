@@ -27,6 +27,8 @@ key (after the prefix)     type        contents
 ``count:<name>``           string      ``incr`` counter (display numbers, day statistics)
 ``lock``                   string      the hall lock: holder's token, with a lease (PX)
 ``committed``              hash        store instance -> token of its last commit (retries)
+``lockq``                  sorted set  stores waiting for the lock -> when they began (ms)
+``lease:<name>``           string      holder of a once-per-hall job (records writer, case sweep)
 =========================  ==========  ===========================================================
 
 Records sit in one hash per kind rather than one key per record: ``clerk_ids`` is one HKEYS
@@ -42,16 +44,17 @@ Transactions
 One engine command at a time, across every process. ``transaction()`` first takes an asyncio lock
 (a process's own tasks queue there, so only one of them contends in Redis), then the hall lock:
 ``SET <prefix>lock <token> NX PX <lease>`` (a script, so that a retried request finds the lock
-already its own). A busy lock is retried after 0.5 ms, doubling to 20 ms; a process releasing the
-lock also PUBLISHes on ``<prefix>unlock`` and every store listens (one pub/sub connection per
-store), so a waiting process tries again at once. Measured on a 2-core test machine (4 runs each):
-with two processes taking the lock back to back, wake-ups cut the longest wait from 150-250 ms to
-20-50 ms but also the throughput by about a third (1,150-1,730 against 1,820-2,380 transactions/s:
-the lock changes hands every transaction instead of in runs); at a hall-like load (4 processes x
-100 commands/s) the median is the same (0.8-0.9 ms) and the worst p99 10-19 ms against 6-69 ms.
-Neither starves a process. A hall is far from saturating the lock and its commands are people
-waiting, so a bounded worst case is the default (``wakeups=False`` turns them off). The wake-ups
-are an optimisation; polling alone is correct (the listener reconnects by itself after an outage).
+already its own). A busy lock is retried after 0.5 ms, doubling to 20 ms. A store that finds the
+lock taken also joins ``<prefix>lockq`` (a sorted set by the time it first waited; entries older
+than the acquire timeout are dropped), and the release (inside the commit script) PUBLISHes a
+wake-up to the first waiting store only, on ``<prefix>wake:<store>``, which retries at once.
+An earlier version published every release to every store: measured on a 2-core test machine,
+that cut the longest wait with two processes from 150-250 ms to 20-50 ms but cost a third of the
+throughput, and with N processes it is N-1 futile lock attempts per command, a cost per
+operation that grows with the number of processes (bench/cluster.py). The targeted wake-up keeps
+the bounded wait at one message per release. A waiter that died stays first in the queue until
+its entry expires; meanwhile the others fall back to polling. The wake-ups are an optimisation;
+polling alone is correct (the listener reconnects by itself after an outage).
 Taking the lock gives up after ``acquire_timeout_s`` (default twice the lease) with
 :class:`StoreUnavailableError`.
 
