@@ -107,6 +107,8 @@ class RecordsWriter:
                 if await self._store.lease("records-writer", self._holder,
                                            self._lease_s):
                     await self.flush()
+                else:
+                    self._healthy = True  # the store answers; another process writes
             # Any failure (database down, table missing, a driver error type SQLAlchemy does
             # not wrap) is logged and retried: the events are safe in the outbox, and a writer
             # that died would let them pile up unseen. CancelledError is a BaseException and

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 
+from rooms.aio import stop_tasks
 from rooms.errors import StoreUnavailableError
 from rooms.hall import Hall
 
@@ -37,9 +38,7 @@ class HallRunner:
         """Stop firing timers; idempotent."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_tasks([task])
         self._unsubscribe()
         self._unsubscribe = lambda: None
 

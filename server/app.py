@@ -15,7 +15,6 @@ their cleanup contexts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import jinja2
 from aiohttp import web
 
+from rooms.aio import stop_tasks
 from rooms.casebook import CaseBook
 from rooms.catalog import ServiceHours, load_catalog
 from rooms.clock import SystemClock
@@ -160,9 +160,7 @@ async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.WRITER] = writer
     app[keys.WRITER_TASK] = task
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await stop_tasks([task])
     # Events appended after the writer's last pass are still in the store's outbox; the
     # store is memory-only, so anything not written now would be lost with the process.
     try:
@@ -223,9 +221,7 @@ def _every(
 
         task = asyncio.create_task(loop(), name=what)
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_tasks([task])
 
     return ctx
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ import web as web_assets  # the project's templates/static package, not aiohttp.
 from rooms.catalog import Catalog, Matter, ServiceHours, ServiceKind
 from rooms.errors import StoreUnavailableError
 from server import keys
+from signaling.hub import public_message
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(web_assets.__file__).parent / "static"
 
@@ -46,8 +50,9 @@ async def store_unavailable(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except StoreUnavailableError as err:
-        return _json({"error": {"code": err.code, "message": err.message}}, status=503,
-                     no_store=True)
+        log.warning("%s %s: %s", request.method, request.path, err)
+        return _json({"error": {"code": err.code, "message": public_message(err)}},
+                     status=503, no_store=True)
 
 
 def _json(data: Any, *, status: int = 200, no_store: bool = False) -> web.Response:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import socketio
 
+from rooms.aio import stop_tasks
 from rooms.cases import CaseState
 from rooms.catalog import ServiceKind
 from rooms.errors import (
@@ -133,12 +134,7 @@ class _Tasks:
             logger.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     async def cancel_all(self) -> None:
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(list(self.tasks))
 
 
 class SignalingHub:
@@ -249,9 +245,7 @@ class SignalingHub:
             self._unsubscribe()
             self._unsubscribe = None
         if self._pusher is not None:
-            self._pusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pusher
+            await stop_tasks([self._pusher])
             self._pusher = None
         await self._tasks.cancel_all()
         await self.state.close()
@@ -270,8 +264,9 @@ class SignalingHub:
             except HallError as err:
                 # Two arguments: clients get ``message`` and ``data: {code, message}`` (one
                 # argument would be stringified by python-socketio, losing the code).
+                message = public_message(err)
                 raise socketio.exceptions.ConnectionRefusedError(
-                    err.message, {"code": err.code, "message": err.message}
+                    message, {"code": err.code, "message": message}
                 ) from None
             # Greet once the handshake is answered: a message emitted from inside the connect
             # handler would reach the client before its CONNECT packet.
@@ -545,7 +540,7 @@ class SignalingHub:
             extra: dict[str, Any] = {}
             if isinstance(err, ThrottledError):
                 extra["retry_after_s"] = round(err.retry_after_s, 1)
-            return p.fail(err.code, err.message, **extra)
+            return p.fail(err.code, public_message(err), **extra)
         except Exception:
             ref = secrets.token_hex(4)
             logger.exception("event %s from %s failed (ref %s)", event, sid, ref)
@@ -1176,6 +1171,16 @@ class SignalingHub:
                                       f"positions-{queue_key}")
 
     async def _push_positions(self, queue_key: str, push: _QueuePush) -> None:
+        try:
+            await self._push_positions_now(queue_key, push)
+        except StoreUnavailableError as err:
+            # The change must still reach the residents: try again when Redis may be back.
+            logger.warning("positions of %s not pushed (%s); retrying", queue_key, err)
+            await asyncio.sleep(1.0)
+            push.task = None
+            self._schedule_positions(queue_key)
+
+    async def _push_positions_now(self, queue_key: str, push: _QueuePush) -> None:
         loop = asyncio.get_running_loop()
         wait = push.last + self.config.position_interval_s - loop.time()
         if wait > 0:
@@ -1210,6 +1215,13 @@ def _end_reason(data: dict[str, Any]) -> str:
     if ended_by == "resident_disconnected":
         return "resident_lost"
     return str(ended_by or data.get("state") or "ended")
+
+
+def public_message(err: HallError) -> str:
+    """What a client is told: an unavailable store's message names internal addresses."""
+    if isinstance(err, StoreUnavailableError):
+        return "the hall is briefly unavailable; please try again in a moment"
+    return err.message
 
 
 def _remote(environ: dict[str, Any]) -> str:

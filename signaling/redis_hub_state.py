@@ -411,11 +411,15 @@ class RedisHubState(HubState):
                                    socket_connect_timeout=self._timeout_s,
                                    retry=Retry(NoBackoff(), 0))
         channel = self._k("proc", self.process_id)
+        down = False
         try:
             while True:
                 pubsub = client.pubsub()
                 try:
                     await pubsub.subscribe(channel)
+                    if down:
+                        logger.info("signaling channel back")
+                        down = False
                     if self.on_resync is not None:
                         # Anything published while we were not subscribed is in the outboxes.
                         await self.on_resync()
@@ -427,7 +431,9 @@ class RedisHubState(HubState):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    logger.warning("signaling channel down, reconnecting: %r", exc)
+                    if not down:  # once per outage, not every half second
+                        logger.warning("signaling channel down, reconnecting: %r", exc)
+                        down = True
                 finally:
                     with contextlib.suppress(Exception):
                         await cast(Any, pubsub).aclose()

@@ -1,0 +1,38 @@
+"""Stopping asyncio tasks for sure.
+
+On Python 3.11, ``asyncio.wait_for`` (used inside redis-py) can swallow a cancellation that
+races its own timeout: the task goes on as if never cancelled, and an ``await task`` after
+``task.cancel()`` then waits forever (seen: a hall that did not exit on SIGTERM, its timer loop
+still running). So a task is cancelled again until it is done, and given up on, loudly, after
+a while rather than hanging a shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+logger = logging.getLogger("hall.tasks")
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, patience_s: float = 5.0,
+                     every_s: float = 0.2) -> list[asyncio.Task[Any]]:
+    """Cancel ``tasks`` (again and again) until they are done or ``patience_s`` passed;
+    returns those still running (logged). Their results and errors are consumed."""
+    pending = {t for t in tasks if not t.done()}
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + patience_s
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every_s)
+        if pending and loop.time() >= give_up:
+            logger.error("tasks did not stop within %.1f s: %s", patience_s,
+                         ", ".join(sorted(t.get_name() for t in pending)))
+            break
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: not reported as "never retrieved"
+    return sorted(pending, key=lambda t: t.get_name())
