@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -196,6 +197,17 @@ def _parse_origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(origin.rstrip("/") for origin in origins)
 
 
+def _parse_proxies(name: str, raw: str) -> tuple[str, ...]:
+    items = _split_list(raw)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise _invalid(name, raw, "comma-separated addresses or CIDR blocks, e.g. "
+                           "10.0.0.0/8,192.168.1.5") from None
+    return tuple(items)
+
+
 def _parse_name(name: str, raw: str) -> str:
     value = raw.strip()
     if not 1 <= len(value) <= 64 or any(c.isspace() for c in value):
@@ -255,6 +267,8 @@ class Settings:
     turn_ttl_s: float = 3600.0
     # Empty = same origin only; ("*",) = any origin.
     allowed_origins: tuple[str, ...] = ()
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or CIDR blocks).
+    trusted_proxies: tuple[str, ...] = ()
     auth_timeout_s: float = 5.0
     resume_grace_s: float = 30.0
     # None: demo accounts with --demo, otherwise nobody can log in.
@@ -358,6 +372,7 @@ class Settings:
                 d.turn_ttl_s,
             ),
             allowed_origins=get("HALL_ALLOWED_ORIGINS", _parse_origins, d.allowed_origins),
+            trusted_proxies=get("HALL_TRUSTED_PROXIES", _parse_proxies, d.trusted_proxies),
             auth_timeout_s=get(
                 "HALL_AUTH_TIMEOUT_S",
                 lambda n, r: _parse_seconds(n, r, positive=True),

@@ -19,6 +19,7 @@ import web as web_assets  # the project's templates/static package, not aiohttp.
 from rooms.catalog import Catalog, Matter, ServiceHours, ServiceKind
 from rooms.errors import StoreUnavailableError
 from server import keys
+from server.forwarded import forwarded_middleware, parse_networks
 from signaling.hub import public_message
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ _WEEKDAY_ZH = ("周一", "周二", "周三", "周四", "周五", "周六", "周�
 
 
 def setup_routes(app: web.Application) -> None:
+    proxies = parse_networks(app[keys.SETTINGS].trusted_proxies)
+    if proxies:
+        # First: every handler after it, the throttles and python-socketio's included,
+        # sees the client's address.
+        app.middlewares.insert(0, forwarded_middleware(proxies))
     app.middlewares.append(store_unavailable)
     app.router.add_get("/", index, name="index")
     app.router.add_get("/healthz", healthz, name="healthz")
