@@ -384,6 +384,8 @@ class RedisStore(Store):
         self._tx: _Tx | None = None
         self._tx_task: asyncio.Task[Any] | None = None
         self._handbacks: set[asyncio.Task[None]] = set()  # see _acquire
+        # How contended the hall lock is: attempts per transaction (1.0: never waited).
+        self.stats = {"transactions": 0, "lock_attempts": 0}
         self._lock_key = prefix + "lock"
         self._committed_key = prefix + "committed"
         # Waiting stores, oldest first (score: when they first found the lock taken, ms); a
@@ -449,6 +451,10 @@ class RedisStore(Store):
         self._scripts = None
         if client is None:
             return
+        if self.stats["transactions"]:
+            logger.info("hall lock: %d transactions, %.2f attempts each",
+                        self.stats["transactions"],
+                        self.stats["lock_attempts"] / self.stats["transactions"])
         # Tidy this instance's retry marker; a crashed process leaves one small field behind.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.hdel(self._committed_key, self._instance),
@@ -534,6 +540,7 @@ class RedisStore(Store):
         if self._current() is not None:
             raise RuntimeError("store transactions do not nest")
         async with self._local:
+            self.stats["transactions"] += 1
             tx = _Tx(token=await self._acquire())
             self._tx, self._tx_task = tx, asyncio.current_task()
             try:
@@ -553,6 +560,7 @@ class RedisStore(Store):
         while True:
             # Cleared before trying, so a release between this try and the wait still wakes us.
             self._wake.clear()
+            self.stats["lock_attempts"] += 1
             try:
                 got = await self._io(lua.acquire(
                     keys=[self._lock_key, self._queue_key],

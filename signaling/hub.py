@@ -941,7 +941,7 @@ class SignalingHub:
                    if x.principal.role in (Role.SUPERVISOR, Role.CLERK)]
         if not targets:
             return
-        snapshot = await self.hall.snapshot()
+        snapshot = await self._recent_snapshot()
         wall: Board | None = None
         for participant in targets:
             if participant.principal.role == Role.SUPERVISOR:
@@ -958,6 +958,19 @@ class SignalingHub:
                 continue  # gone while the view was built
             self._views_sent[participant.id] = board.key
             await self.sio.emit(event, payload, to=sid)
+
+    async def _recent_snapshot(self) -> dict[str, Any]:
+        """The hall's snapshot for the periodic views, built by one process per interval and
+        shared: each build reads every queue under the hall lock, and N processes building
+        their own every second would cost N times that (and hold the lock N times)."""
+        shared = await self.state.shared_view("snapshot")
+        if shared is not None:
+            cached: dict[str, Any] = orjson.loads(shared)
+            return cached
+        snapshot = await self.hall.snapshot()
+        await self.state.put_shared_view("snapshot", orjson.dumps(snapshot),
+                                         self.config.wall_interval_s * 0.9)
+        return snapshot
 
     def _ice(self, participant_id: str) -> list[dict[str, Any]]:
         c = self.config

@@ -116,6 +116,15 @@ class HubState(abc.ABC):
         same id died) are marked away, grace started."""
         return []
 
+    async def shared_view(self, name: str) -> bytes | None:
+        """A view another process built recently (see put_shared_view); None: build it."""
+        return None
+
+    async def put_shared_view(  # noqa: B027 - optional hook
+            self, name: str, data: bytes, ttl_s: float) -> None:
+        """Offer a view just built to the other processes for ``ttl_s``. One process has
+        nobody to share with."""
+
     # -- participants --------------------------------------------------------------------
     @abc.abstractmethod
     async def attach(self, principal: Principal, sid: str) -> Attached:

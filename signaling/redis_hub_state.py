@@ -23,6 +23,7 @@ key                      type        contents
 ``psess:<participant>``  set         sessions it is in (resident, clerk or monitor)
 ``owners``               hash        ticket -> participant who took it
 ``kiosks``               hash        service point -> presence and last health report (JSON)
+``view:<name>``          string      a view one process built for all (the hall snapshot), ~1 s
 channel ``proc:<id>``    pub/sub     messages for the sockets of that process
 =======================  ==========  =============================================================
 
@@ -484,6 +485,14 @@ class RedisHubState(HubState):
             if record is not None:
                 records.append(record)
         return records
+
+    async def shared_view(self, name: str) -> bytes | None:
+        data = await self._io(self._client().get(self._k("view", name)))
+        return data.encode() if isinstance(data, str) else data
+
+    async def put_shared_view(self, name: str, data: bytes, ttl_s: float) -> None:
+        await self._io(self._client().set(self._k("view", name), data,
+                                          px=max(1, round(ttl_s * 1000))))
 
     # ------------------------------------------------------------------ participants
     async def attach(self, principal: Principal, sid: str) -> Attached:
