@@ -11,7 +11,7 @@ set -eu
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 
 # nginx: tests/test_deploy.py runs deploy/nginx.conf for real in front of a local cluster.
-PACKAGES="chromium fonts-noto-cjk nginx-light"
+PACKAGES="chromium fonts-noto-cjk nginx"
 
 have_font() {
     dpkg-query -W -f='${Status}' fonts-noto-cjk 2>/dev/null | grep -q "install ok installed"
