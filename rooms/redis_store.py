@@ -130,15 +130,12 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms.clerks import Clerk
 from rooms.errors import StoreLockLostError, StoreUnavailableError
 from rooms.events import HallEvent
+from rooms.redis_link import RedisLink
 from rooms.store import Store
 from rooms.tickets import Ticket
 
@@ -366,7 +363,6 @@ class RedisStore(Store):
     ) -> None:
         if lease_s <= 0 or timeout_s <= 0:
             raise ValueError("lease_s and timeout_s must be positive")
-        self._url = url
         self._prefix = prefix
         self._lease_ms = max(1, round(lease_s * 1000))
         self._acquire_timeout_s = 2 * lease_s if acquire_timeout_s is None else acquire_timeout_s
@@ -376,7 +372,7 @@ class RedisStore(Store):
         self._wakeups = wakeups
         # Names this store instance in the committed-token hash (see _COMMIT).
         self._instance = secrets.token_hex(8)
-        self._redis: aioredis.Redis | None = None
+        self._link = RedisLink(url, timeout_s, "Redis store")
         self._scripts: _Scripts | None = None
         self._listener: asyncio.Task[None] | None = None
         self._local = asyncio.Lock()
@@ -408,17 +404,9 @@ class RedisStore(Store):
     async def open(self) -> None:
         """Connect, register the scripts and check that Redis answers (else
         StoreUnavailableError, and the store is closed again)."""
-        if self._redis is not None:
+        if self._link.is_open:
             return
-        client = aioredis.from_url(
-            self._url,
-            socket_timeout=self._timeout_s,
-            socket_connect_timeout=self._timeout_s,
-            # One immediate retry on a fresh connection (a pooled one is stale after a Redis
-            # restart), never the default's seconds of backoff: callers retry whole commands.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self._redis = client
+        client = self._link.connect()
         self._scripts = _Scripts(
             acquire=client.register_script(_ACQUIRE),
             commit=client.register_script(_COMMIT),
@@ -447,7 +435,7 @@ class RedisStore(Store):
             if not listener.done():
                 logger.warning("the lock wake-up listener did not stop within %.1f s",
                                self._timeout_s)
-        client, self._redis = self._redis, None
+        client = self._link.detach()
         self._scripts = None
         if client is None:
             return
@@ -462,18 +450,10 @@ class RedisStore(Store):
         await client.aclose()
 
     async def ping(self) -> bool:
-        client = self._redis
-        if client is None:
-            return False
-        try:
-            return bool(await asyncio.wait_for(client.ping(), self._timeout_s))
-        except Exception:
-            return False
+        return await self._link.ping()
 
     def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            raise StoreUnavailableError("the Redis store is not open")
-        return self._redis
+        return self._link.client
 
     def _lua(self) -> _Scripts:
         if self._scripts is None:
@@ -481,42 +461,16 @@ class RedisStore(Store):
         return self._scripts
 
     async def _io(self, request: Awaitable[T]) -> T:
-        """Await one Redis request; connection trouble becomes StoreUnavailableError."""
-        try:
-            return await request
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailableError(f"Redis store unavailable: {exc}") from exc
+        return await self._link.io(request)
 
     async def _listen(self) -> None:
-        """Wake this process's waiting transaction whenever some process releases the lock."""
-        # A client of its own, without a read timeout: the subscription is silent for as long
-        # as nobody releases the lock, and redis-py turns a cancel that races its read timeout
-        # into "no message", which kept this task alive after close() (seen in the tests).
-        client = aioredis.from_url(self._url, socket_timeout=None,
-                                   socket_connect_timeout=self._timeout_s,
-                                   retry=Retry(NoBackoff(), 0))
-        try:
-            while True:
-                pubsub = client.pubsub()
-                try:
-                    await pubsub.subscribe(self._channel)
-                    while True:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                           timeout=None)
-                        if message is not None:
-                            self._wake.set()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # Redis is down: waiters fall back to polling until this reconnects.
-                    logger.debug("lock wake-ups paused: %r", exc)
-                finally:
-                    with contextlib.suppress(Exception):
-                        # redis-py leaves PubSub.aclose unannotated.
-                        await cast(Any, pubsub).aclose()
-                await asyncio.sleep(0.5)
-        finally:
-            await client.aclose()
+        """Wake this process's waiting transaction when a release names this store."""
+        async def wake(_data: bytes) -> None:
+            self._wake.set()
+
+        # While Redis is down, waiters fall back to polling until this reconnects.
+        await self._link.subscribe_forever(self._channel, wake, logger=logger,
+                                           what="lock wake-ups")
 
     # ------------------------------------------------------------------ transactions
     def transaction(self) -> AbstractAsyncContextManager[None]:

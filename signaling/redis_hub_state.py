@@ -47,16 +47,13 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Iterable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from rooms.errors import ForbiddenError, NotFoundError, StoreUnavailableError
+from rooms.errors import ForbiddenError, NotFoundError
+from rooms.redis_link import RedisLink
 from signaling.hub_state import (
     CHAT_LIMIT,
     NOTES_LIMIT,
@@ -330,12 +327,11 @@ class RedisHubState(HubState):
         timeout_s: float = 2.0,
     ) -> None:
         super().__init__(process_id or default_process_id())
-        self._url = url
+        self._link = RedisLink(url, timeout_s, "Redis signaling state")
         self._p = prefix
         self._timeout_s = timeout_s
         self._points = tuple(service_point_ids)
         self._point_set = frozenset(self._points)
-        self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._listener: asyncio.Task[None] | None = None
         self._beaten = False
@@ -345,13 +341,9 @@ class RedisHubState(HubState):
         return self._p + ":".join(parts)
 
     async def open(self) -> None:
-        if self._redis is not None:
+        if self._link.is_open:
             return
-        client = aioredis.from_url(
-            self._url, socket_timeout=self._timeout_s,
-            socket_connect_timeout=self._timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
-        self._redis = client
+        client = self._link.connect()
         for name, source in (("attach", _ATTACH), ("detach", _DETACH), ("send", _SEND),
                              ("claim_due", _CLAIM_DUE), ("orphans", _ORPHANS),
                              ("issue_resume", _ISSUE_RESUME), ("redeem", _REDEEM),
@@ -372,7 +364,7 @@ class RedisHubState(HubState):
         if listener is not None:
             listener.cancel()
             await asyncio.wait({listener}, timeout=self._timeout_s)
-        client, self._redis = self._redis, None
+        client = self._link.detach()
         if client is None:
             return
         # Leaving: let the other processes take over this one's participants at once rather
@@ -383,64 +375,28 @@ class RedisHubState(HubState):
         await client.aclose()
 
     async def ping(self) -> bool:
-        client = self._redis
-        if client is None:
-            return False
-        try:
-            return bool(await asyncio.wait_for(client.ping(), self._timeout_s))
-        except Exception:
-            return False
+        return await self._link.ping()
 
     def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            raise StoreUnavailableError("the signaling state is not open")
-        return self._redis
+        return self._link.client
 
     async def _io(self, request: Awaitable[T]) -> T:
-        try:
-            return await request
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailableError(f"Redis unavailable: {exc}") from exc
+        return await self._link.io(request)
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         self._client()
         return await self._io(self._scripts[name](keys=keys, args=args))
 
     async def _listen(self) -> None:
-        """Deliver what other processes publish for this process's sockets."""
-        client = aioredis.from_url(self._url, socket_timeout=None,
-                                   socket_connect_timeout=self._timeout_s,
-                                   retry=Retry(NoBackoff(), 0))
-        channel = self._k("proc", self.process_id)
-        down = False
-        try:
-            while True:
-                pubsub = client.pubsub()
-                try:
-                    await pubsub.subscribe(channel)
-                    if down:
-                        logger.info("signaling channel back")
-                        down = False
-                    if self.on_resync is not None:
-                        # Anything published while we were not subscribed is in the outboxes.
-                        await self.on_resync()
-                    while True:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                           timeout=None)
-                        if message is not None:
-                            await self._dispatch(message["data"])
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if not down:  # once per outage, not every half second
-                        logger.warning("signaling channel down, reconnecting: %r", exc)
-                        down = True
-                finally:
-                    with contextlib.suppress(Exception):
-                        await cast(Any, pubsub).aclose()
-                await asyncio.sleep(0.5)
-        finally:
-            await client.aclose()
+        """Deliver what other processes publish for this process's sockets; after each
+        (re)subscription, anything published meanwhile is re-read from the outboxes."""
+        async def resync() -> None:
+            if self.on_resync is not None:
+                await self.on_resync()
+
+        await self._link.subscribe_forever(self._k("proc", self.process_id), self._dispatch,
+                                           logger=logger, what="signaling channel",
+                                           on_subscribed=resync)
 
     async def _dispatch(self, data: bytes) -> None:
         """``m <n> <participant><entry>`` (a message) or ``k <n> <participant><sid>`` (a

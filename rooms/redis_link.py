@@ -1,0 +1,120 @@
+"""What every Redis user of the hall shares: how to connect, what a failure becomes, and a
+subscription that comes back by itself. The store (rooms/redis_store.py) and the signaling
+state (signaling/redis_hub_state.py) each hold one RedisLink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from rooms.errors import StoreUnavailableError
+
+T = TypeVar("T")
+
+
+class RedisLink:
+    """A connection pool with the hall's failure rules: socket timeouts of ``timeout_s``, one
+    immediate retry on a fresh connection (a pooled one is stale after a Redis restart), never
+    the default's seconds of backoff (callers retry whole commands), and connection trouble
+    surfacing as :class:`StoreUnavailableError`."""
+
+    def __init__(self, url: str, timeout_s: float, what: str) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._what = what
+        self._redis: aioredis.Redis | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._redis is not None
+
+    def connect(self) -> aioredis.Redis:
+        """The pool (created on first use; no I/O)."""
+        if self._redis is None:
+            self._redis = aioredis.from_url(
+                self.url, socket_timeout=self.timeout_s,
+                socket_connect_timeout=self.timeout_s,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        return self._redis
+
+    def detach(self) -> aioredis.Redis | None:
+        """Forget the pool and hand it to the caller to close (after its last requests)."""
+        client, self._redis = self._redis, None
+        return client
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise StoreUnavailableError(f"{self._what} is not open")
+        return self._redis
+
+    async def io(self, request: Awaitable[T]) -> T:
+        """Await one Redis request; connection trouble becomes StoreUnavailableError."""
+        try:
+            return await request
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailableError(f"{self._what} unavailable: {exc}") from exc
+
+    async def ping(self) -> bool:
+        """True if Redis answers now; never raises (for /readyz)."""
+        client = self._redis
+        if client is None:
+            return False
+        try:
+            return bool(await asyncio.wait_for(client.ping(), self.timeout_s))
+        except Exception:
+            return False
+
+    async def subscribe_forever(
+        self, channel: str, on_message: Callable[[bytes], Awaitable[None]], *,
+        logger: logging.Logger, what: str,
+        on_subscribed: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Hand every message of ``channel`` to ``on_message`` until cancelled; resubscribe
+        by itself after an outage (``on_subscribed`` runs after each subscription), logging
+        the outage once, not at every attempt."""
+        # A client of its own, without a read timeout: a subscription may be silent for long,
+        # and redis-py turns a cancel that races its read timeout into "no message", which
+        # kept a listener alive after close() (seen in the tests).
+        client = aioredis.from_url(self.url, socket_timeout=None,
+                                   socket_connect_timeout=self.timeout_s,
+                                   retry=Retry(NoBackoff(), 0))
+        down = False
+        try:
+            while True:
+                pubsub = client.pubsub()
+                try:
+                    await pubsub.subscribe(channel)
+                    if down:
+                        logger.info("%s back", what)
+                        down = False
+                    if on_subscribed is not None:
+                        await on_subscribed()
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                           timeout=None)
+                        if message is not None:
+                            await on_message(message["data"])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not down:
+                        logger.warning("%s down, reconnecting: %r", what, exc)
+                        down = True
+                finally:
+                    with contextlib.suppress(Exception):
+                        # redis-py leaves PubSub.aclose unannotated.
+                        await cast(Any, pubsub).aclose()
+                await asyncio.sleep(0.5)
+        finally:
+            await client.aclose()
