@@ -25,7 +25,6 @@ import ctypes
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.redisproc import RedisServer, drop_prefix, free_port, new_prefix
+from tests.redisproc import RedisServer, answers, drop_prefix, free_port, new_prefix
 from tests.rtcpeer import HallClient, MediaPeer, Payload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,34 +119,11 @@ class HallProc:
         return tail(self.log, chars)
 
 
-class PersistentRedis(RedisServer):
-    """A private redis-server that keeps its data across stop/start: an append-only file,
-    fsynced on every write, in its own directory (tests/redisproc.RedisServer runs without
-    persistence, so a restart there empties Redis)."""
-
-    def start(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            return
-        log = (self._dir / "redis.log").open("ab")
-        with log:
-            self._proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-                 "--dir", str(self._dir)],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 10
-        while not redis_answers(self.port):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                text = (self._dir / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{text}")
-            time.sleep(0.01)
-
-
 @contextlib.contextmanager
-def persistent_redis(workdir: Path) -> Iterator[PersistentRedis]:
+def persistent_redis(workdir: Path) -> Iterator[RedisServer]:
+    """A private redis-server whose data survives stop/start (an append-only file)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    server = PersistentRedis(workdir)
+    server = RedisServer(workdir, persistent=True)
     server.start()
     try:
         yield server
@@ -370,16 +346,6 @@ def hall_env(*, redis_url: str, prefix: str, secret_key: str, db_path: Path, dat
     return env
 
 
-def redis_answers(port: int) -> bool:
-    """Whether a Redis answers PING on the port of 127.0.0.1."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 def _free_ports(n: int) -> list[int]:
     ports: list[int] = []
     while len(ports) < n:
@@ -444,7 +410,7 @@ async def running_cluster(redis: RedisServer, workdir: Path, *,
             await cluster.close_participants()
             problems = await asyncio.to_thread(cluster.stop)
             print(cluster.report())
-            if redis_answers(redis.port):
+            if answers(redis.port):
                 with contextlib.suppress(Exception):
                     drop_prefix(redis.url, prefix)
         # Shutting down cleanly is part of the contract: a failed teardown says so.

@@ -33,7 +33,7 @@ def free_port() -> int:
             return port
 
 
-def _answers(port: int) -> bool:
+def answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
             sock.sendall(b"PING\r\n")
@@ -43,9 +43,12 @@ def _answers(port: int) -> bool:
 
 
 class RedisServer:
-    """One redis-server subprocess without persistence; restarts on the same port."""
+    """One redis-server subprocess; restarts on the same port. Without persistence by
+    default (a restart empties it); ``persistent``: an append-only file fsynced on every
+    write, so the data survives stop/start."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+        self.persistent = persistent
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = workdir
@@ -59,11 +62,13 @@ class RedisServer:
         with log:
             self._proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self._dir)],
+                 "--save", "", "--dir", str(self._dir),
+                 *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
+                   else ["--appendonly", "no"])],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 10
-        while not _answers(self.port):
+        while not answers(self.port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 tail = (self._dir / "redis.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"redis-server on port {self.port} did not start:\n{tail}")
