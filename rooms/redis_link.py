@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from rooms.aio import stop_tasks
 from rooms.errors import StoreUnavailableError
 
 T = TypeVar("T")
@@ -51,6 +52,22 @@ class RedisLink:
         """Forget the pool and hand it to the caller to close (after its last requests)."""
         client, self._redis = self._redis, None
         return client
+
+    async def close(self, listener: asyncio.Task[None] | None,
+                    last_word: Callable[[aioredis.Redis], Awaitable[Any]] | None = None
+                    ) -> None:
+        """Stop the listener, say ``last_word`` (best effort: Redis may be gone), close the
+        pool; idempotent, and bounded by ``timeout_s`` each (never hangs on a dead Redis)."""
+        if listener is not None:
+            # Bounded: closing must not hang on a listener stuck in a client library.
+            await stop_tasks([listener], patience_s=self.timeout_s)
+        client = self.detach()
+        if client is None:
+            return
+        if last_word is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(last_word(client), self.timeout_s)
+        await client.aclose()
 
     @property
     def client(self) -> aioredis.Redis:

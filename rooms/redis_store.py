@@ -366,7 +366,6 @@ class RedisStore(Store):
         self._prefix = prefix
         self._lease_ms = max(1, round(lease_s * 1000))
         self._acquire_timeout_s = 2 * lease_s if acquire_timeout_s is None else acquire_timeout_s
-        self._timeout_s = timeout_s
         self._backoff_start_s = backoff_start_s
         self._backoff_cap_s = backoff_cap_s
         self._wakeups = wakeups
@@ -426,28 +425,16 @@ class RedisStore(Store):
     async def close(self) -> None:
         """Disconnect; idempotent. Does not wait for Redis if it is gone."""
         if self._handbacks:
-            await asyncio.wait(self._handbacks, timeout=self._timeout_s)
+            await asyncio.wait(self._handbacks, timeout=self._link.timeout_s)
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            # Bounded: closing must not hang on a listener stuck in a client library.
-            await asyncio.wait({listener}, timeout=self._timeout_s)
-            if not listener.done():
-                logger.warning("the lock wake-up listener did not stop within %.1f s",
-                               self._timeout_s)
-        client = self._link.detach()
         self._scripts = None
-        if client is None:
-            return
-        if self.stats["transactions"]:
+        if self._link.is_open and self.stats["transactions"]:
             logger.info("hall lock: %d transactions, %.2f attempts each",
                         self.stats["transactions"],
                         self.stats["lock_attempts"] / self.stats["transactions"])
         # Tidy this instance's retry marker; a crashed process leaves one small field behind.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.hdel(self._committed_key, self._instance),
-                                   self._timeout_s)
-        await client.aclose()
+        await self._link.close(
+            listener, lambda client: client.hdel(self._committed_key, self._instance))
 
     async def ping(self) -> bool:
         return await self._link.ping()

@@ -41,7 +41,6 @@ closing a session, redeeming a resume token) is a script, so two processes never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -329,7 +328,6 @@ class RedisHubState(HubState):
         super().__init__(process_id or default_process_id())
         self._link = RedisLink(url, timeout_s, "Redis signaling state")
         self._p = prefix
-        self._timeout_s = timeout_s
         self._points = tuple(service_point_ids)
         self._point_set = frozenset(self._points)
         self._scripts: dict[str, Any] = {}
@@ -361,18 +359,10 @@ class RedisHubState(HubState):
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            await asyncio.wait({listener}, timeout=self._timeout_s)
-        client = self._link.detach()
-        if client is None:
-            return
         # Leaving: let the other processes take over this one's participants at once rather
         # than after the heartbeat expires.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.zadd(self._k("procs"), {self.process_id: 0}),
-                                   self._timeout_s)
-        await client.aclose()
+        await self._link.close(
+            listener, lambda client: client.zadd(self._k("procs"), {self.process_id: 0}))
 
     async def ping(self) -> bool:
         return await self._link.ping()

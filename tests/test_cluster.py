@@ -17,7 +17,6 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,7 @@ from tests.clusterkit import (
 )
 from tests.redisproc import RedisServer, own_redis
 from tests.rtcpeer import HallClient, HallConnectError, MediaPeer, Payload
-from tests.test_webrtc_e2e import media_both_ways
+from tests.test_webrtc_e2e import Session, media_both_ways
 
 OUTAGE_S = 6.5  # longer than the hub's heartbeat TTL (5 s)
 SWEEP_SETTLE_S = 7.0  # a heartbeat TTL plus a few sweeps, after Redis is back
@@ -66,18 +65,6 @@ async def outage_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Session:
-    clerk: HallClient
-    resident: HallClient
-    clerk_view: Payload  # the clerk's session.started session object
-    resident_view: Payload
-
-    @property
-    def id(self) -> str:
-        return str(self.clerk_view["id"])
 
 
 async def take(resident: HallClient, state: str = "waiting") -> Payload:

@@ -18,8 +18,8 @@ import {
 } from "/static/js/ui.js";
 import {
   ResidentFlow, alertNext, callControls, caseForm, casesView, checklistView,
-  confirmDialog, etaText, filesView, keepPlaying, matterById, ratingForm, refusalText,
-  resultView,
+  confirmDialog, filesView, keepPlaying, matterById, ratingForm, refusalText,
+  renderWaitingCard, resultView, syncReconnectingBanner,
 } from "/static/js/resident-core.js";
 
 const TOKEN_KEY = "hall.app.id_token";
@@ -296,22 +296,8 @@ function matterName(id) {
 }
 
 function renderWaiting() {
-  const ticket = flow.ticket;
+  const ticket = renderWaitingCard(flow, matterName);
   if (!ticket) return;
-  $("#w-number").textContent = ticket.number;
-  $("#w-matter").textContent = matterName(ticket.matter_id);
-  const position = flow.position || {};
-  $("#w-position").textContent = typeof position.position === "number"
-    ? t("position_value", { n: position.position }) : t("unknown");
-  $("#w-eta").textContent = etaText(position.eta_s);
-  const next = flow.isNext || ticket.state === "offered";
-  $("#w-next").hidden = !next;
-  let status = "";
-  if (ticket.state === "offered") status = t("status_offered");
-  else if (position.staffed === false) status = t("status_unstaffed");
-  else if (ticket.state === "transferred") status = t("status_transferred");
-  if (ticket.callback) status = [status, t("status_callback")].filter(Boolean).join(" ");
-  $("#w-status").textContent = status;
   $("#w-callback").hidden = !!ticket.callback || ticket.state === "offered";
 }
 
@@ -393,9 +379,7 @@ function renderChecklist() {
 }
 
 function syncReconnecting() {
-  const away = client.linkState && client.linkState !== "online";
-  $("#call-reconnecting").hidden = !(away || flow.peerReconnecting);
-  $("#call-reconnecting").textContent = away ? t("reconnecting") : t("peer_reconnecting");
+  syncReconnectingBanner(client, flow);
 }
 
 // ------------------------------------------------------------------ after the call

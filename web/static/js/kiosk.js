@@ -23,8 +23,9 @@ import {
 } from "/static/js/ui.js";
 import {
   QUEUED, ResidentFlow, alertNext, beep, callControls, caseForm, caseStateText,
-  checklistView, closeDialogs, closeFileViewers, confirmDialog, etaText, filesView,
-  keepPlaying, matterById, ratingForm, refusalText, resultView, sharedAudioContext,
+  checklistView, closeDialogs, closeFileViewers, confirmDialog, filesView,
+  keepPlaying, matterById, ratingForm, refusalText, renderWaitingCard, resultView,
+  sharedAudioContext, syncReconnectingBanner,
 } from "/static/js/resident-core.js";
 
 const point = config.service_point;
@@ -721,21 +722,7 @@ function matterName(id) {
 }
 
 function renderWaiting() {
-  const ticket = flow.ticket;
-  if (!ticket) return;
-  $("#w-number").textContent = ticket.number;
-  $("#w-matter").textContent = matterName(ticket.matter_id);
-  const position = flow.position || {};
-  $("#w-position").textContent = typeof position.position === "number"
-    ? t("position_value", { n: position.position }) : t("unknown");
-  $("#w-eta").textContent = etaText(position.eta_s);
-  $("#w-next").hidden = !(flow.isNext || ticket.state === "offered");
-  let status = "";
-  if (ticket.state === "offered") status = t("status_offered");
-  else if (position.staffed === false) status = t("status_unstaffed");
-  else if (ticket.state === "transferred") status = t("status_transferred");
-  if (ticket.callback) status = [status, t("status_callback")].filter(Boolean).join(" ");
-  $("#w-status").textContent = status;
+  renderWaitingCard(flow, matterName);
 }
 
 $("#w-leave").addEventListener("click", async () => {
@@ -912,9 +899,7 @@ function renderFiles() {
 
 function syncReconnecting() {
   if (!flow || flow.phase !== "call") return;
-  const away = client.linkState && client.linkState !== "online";
-  $("#call-reconnecting").hidden = !(away || flow.peerReconnecting);
-  $("#call-reconnecting").textContent = away ? t("reconnecting") : t("peer_reconnecting");
+  syncReconnectingBanner(client, flow);
 }
 
 // ------------------------------------------------------------------ after the call

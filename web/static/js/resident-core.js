@@ -13,7 +13,7 @@
  */
 import { HallError } from "/static/js/hall-client.js";
 import {
-  announce, errorText, files as fileApi, formatClock, h, nameOf, showError, t, toast,
+  $, announce, errorText, files as fileApi, formatClock, h, nameOf, showError, t, toast,
 } from "/static/js/ui.js";
 
 /** Ticket states that are in a queue (waiting for a clerk). */
@@ -528,6 +528,39 @@ export function alertNext() {
   beep({ times: 3 });
   vibrate([300, 150, 300]);
   announce(t("you_are_next"));
+}
+
+// ------------------------------------------------------------------ waiting and call screens
+
+/**
+ * The waiting card both faces share (#w-number, #w-matter, #w-position, #w-eta, #w-next,
+ * #w-status): the ticket, its live position and ETA, and the state it is in. Returns the
+ * ticket, or null if there is none yet.
+ */
+export function renderWaitingCard(flow, matterName) {
+  const ticket = flow.ticket;
+  if (!ticket) return null;
+  $("#w-number").textContent = ticket.number;
+  $("#w-matter").textContent = matterName(ticket.matter_id);
+  const position = flow.position || {};
+  $("#w-position").textContent = typeof position.position === "number"
+    ? t("position_value", { n: position.position }) : t("unknown");
+  $("#w-eta").textContent = etaText(position.eta_s);
+  $("#w-next").hidden = !(flow.isNext || ticket.state === "offered");
+  let status = "";
+  if (ticket.state === "offered") status = t("status_offered");
+  else if (position.staffed === false) status = t("status_unstaffed");
+  else if (ticket.state === "transferred") status = t("status_transferred");
+  if (ticket.callback) status = [status, t("status_callback")].filter(Boolean).join(" ");
+  $("#w-status").textContent = status;
+  return ticket;
+}
+
+/** The call screen's banner (#call-reconnecting): our own link is down, or the peer's. */
+export function syncReconnectingBanner(client, flow) {
+  const away = client.linkState && client.linkState !== "online";
+  $("#call-reconnecting").hidden = !(away || flow.peerReconnecting);
+  $("#call-reconnecting").textContent = away ? t("reconnecting") : t("peer_reconnecting");
 }
 
 // ------------------------------------------------------------------ dialogs
