@@ -152,7 +152,7 @@ class SignalingHub:
     ) -> None:
         self.hall = hall
         self.state = state or MemoryHubState(hall.catalog.service_points)
-        self.state.on_remote = self._remote_message
+        self.state.on_remote = self._emit_numbered
         self.state.on_kick = self._remote_kick
         self.state.on_resync = self._resync
         self.cases = cases
@@ -1039,7 +1039,7 @@ class SignalingHub:
     async def _send(self, participant_id: str, event: str, payload: dict[str, Any]) -> None:
         """Number the message and keep it for replay (shared state); emit it if the
         participant's socket is here. The state routes it to the process holding the socket
-        otherwise (:meth:`_remote_message` there)."""
+        otherwise (:meth:`_emit_numbered` there, through ``on_remote``)."""
         local = await self.state.send(participant_id, event, payload)
         if local is not None:
             await self._emit_numbered(participant_id, local[0], event, local[1])
@@ -1070,10 +1070,6 @@ class SignalingHub:
                 if number > participant.delivered:
                     await self.sio.emit(name, body, to=participant.sid)
                     participant.delivered = number
-
-    async def _remote_message(self, participant_id: str, seq: int, event: str,
-                              payload: dict[str, Any]) -> None:
-        await self._emit_numbered(participant_id, seq, event, payload)
 
     async def _resync(self) -> None:
         """Emit whatever the outbox has beyond what each socket here was last sent."""
