@@ -319,6 +319,9 @@ class LocalCluster:
         self.env = dict(os.environ)
         # Per-event INFO lines would measure the log handler, not the hall (bench/signaling.py).
         self.env["HALL_LOG_LEVEL"] = log_level
+        # A bench resident cycles tickets and relays far beyond any real client's budget
+        # (signaling/ratelimit.py): the bench measures capacity.
+        self.env["HALL_RATE_LIMITS"] = "off"
         self.proc: asyncio.subprocess.Process | None = None
         self.info: ClusterInfo | None = None
         self.started_s = 0.0
@@ -403,9 +406,12 @@ async def _stop(proc: asyncio.subprocess.Process, pids: Sequence[int]) -> dict[i
 
 
 class RedisProcess:
-    """A private redis-server without persistence on a free port (for the manager part)."""
+    """A private redis-server without persistence on a free port (for the manager part);
+    ``persistent``: an append-only file fsynced on every write, so a restart (``stop`` then
+    ``start``, same port) keeps the data (bench/district.py --faults)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+        self.persistent = persistent
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir
@@ -417,7 +423,8 @@ class RedisProcess:
             raise SystemExit("error: redis-server is not on PATH")
         self.process = spawn(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
+               else ["--appendonly", "no"]), "--dir", str(self.workdir)],
             self.workdir / "redis.log",
         )
         client = aioredis.Redis.from_url(self.url)

@@ -289,6 +289,9 @@ async def start_hall(workdir: Path, config: HallConfig, variant: str, log_level:
             # The Node relay logs nothing per message; INFO lines per connection would measure
             # the log handler, not the relay.
             "HALL_LOG_LEVEL": log_level,
+            # One bench socket relays thousands of messages a second, far beyond any real
+            # client's budget (signaling/ratelimit.py): the bench measures capacity.
+            "HALL_RATE_LIMITS": "off",
         }
     )
     args = [sys.executable, "-c", HALL_WRAPPER, variant, "serve", "--demo", "--port", str(port)]

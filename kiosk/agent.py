@@ -1,8 +1,9 @@
 """The kiosk device agent: the unattended program on a remote-assistance point's box.
 
 It logs the service point in (``POST /api/auth/kiosk``), stays connected over Socket.IO and
-comes back by itself when the connection drops: with a resume (``auth {resume, last_seq}``),
-so the hall replays what was missed, or with a fresh login when the resume is refused. It
+comes back by itself when the connection drops: with a resume (``auth {token, resume,
+last_seq}``), so the hall replays what was missed, or with a fresh login when the resume is
+refused. It
 reports the health of its devices (``kiosk.health``), renews its token before it expires,
 and acts for the anonymous resident at the kiosk: tickets, the session's media (it answers
 the clerk with aiortc), chat, files, rating and 办不成事 reports.
@@ -237,19 +238,25 @@ class KioskAgent:
 
     async def _connect_once(self) -> Payload:
         timeout = self.config.request_timeout_s
+        # A resume presents the hall token too: the hall verifies it as at a fresh connect.
+        hall_token = await self._valid_token()
         token = self._link.resume_token
         if token is not None:
             try:
                 return await self._link.connect(
-                    {"resume": token, "last_seq": self._link.last_seq}, timeout=timeout)
+                    {"token": hall_token.token, "resume": token,
+                     "last_seq": self._link.last_seq}, timeout=timeout)
             except ConnectRefused as exc:
                 if exc.code == "too_many_attempts":
                     raise Throttled(THROTTLED_RESUME_WAIT_S) from None
-                # resume_invalid: the grace period passed, or the token was used up.
-                log.info("%s: resume refused (%s); logging in afresh", self.name, exc.code)
+                if exc.code == "unauthenticated":
+                    self._token = None  # expired or revoked: log in again, then resume
+                    raise
+                # resume_invalid: the grace period passed, or the token was superseded;
+                # last_seq_ahead / replay_unavailable: the gap cannot be replayed.
+                log.info("%s: resume refused (%s); connecting afresh", self.name, exc.code)
                 self.resume_refusals += 1
                 self._link.resume_token = None
-        hall_token = await self._valid_token()
         try:
             return await self._link.connect({"token": hall_token.token}, timeout=timeout)
         except ConnectRefused as exc:

@@ -24,7 +24,8 @@ log = logging.getLogger("kiosk.link")
 Payload = dict[str, Any]
 # Server→client events without a seq (docs/protocol.md, "Conventions"): the connection's own
 # messages, and state pushes that each supersede the previous one.
-UNNUMBERED = frozenset({"welcome", "replaced", "wall.update", "queues.update"})
+UNNUMBERED = frozenset({"welcome", "replaced", "session.expired", "wall.update",
+                        "queues.update"})
 
 EventSink = Callable[[int, str, Payload], None]  # (connection, event, payload)
 DropSink = Callable[[int, str], None]  # (connection, reason)

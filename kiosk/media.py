@@ -37,6 +37,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from kiosk.backoff import Backoff
+from kiosk.call_quality import CallReporter
 from kiosk.errors import KioskError
 from kiosk.sources import MediaSources, OutputTrack
 from kiosk.tasks import TaskSet
@@ -125,12 +126,14 @@ class MediaLink:
         self._document_stream: str | None = None  # shared: re-added to every generation
         self._recovery = Backoff(RECOVER_AFTER_S, 60.0)
         self._closed = False
+        self.quality = CallReporter(self, call)  # call.report: funnel and stats
 
     # ---- the agent's side
 
     def start(self) -> None:
         if self._pump is None:
             self._pump = self._tasks.spawn(self._run(), f"pump-{self.session_id}")
+            self._tasks.spawn(self.quality.run(), f"quality-{self.session_id}")
 
     def handle(self, event: str, payload: Payload) -> None:
         """A hall message for this session (``rtc.signal``, ``media.screen``), in order."""

@@ -5,13 +5,15 @@ races its own timeout: the task goes on as if never cancelled, and an ``await ta
 ``task.cancel()`` then waits forever (seen: a hall that did not exit on SIGTERM, its timer loop
 still running). So a task is cancelled again until it is done, and given up on, loudly, after
 a while rather than hanging a shutdown.
+
+Also the one loop for work retried until it lands (:func:`retry_forever`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 logger = logging.getLogger("hall.tasks")
@@ -36,3 +38,40 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, patience_s: float = 
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: not reported as "never retrieved"
     return sorted(pending, key=lambda t: t.get_name())
+
+
+async def retry_forever(work: Callable[[], Awaitable[object]], *, what: str, interval_s: float,
+                        max_backoff_s: float, wake: asyncio.Event | None = None,
+                        once: bool = False, log: logging.Logger = logger) -> None:
+    """Run ``work`` now and then every ``interval_s`` (at once when ``wake`` is set) until
+    cancelled, or with ``once`` until it succeeded once. A failure is retried with
+    exponential backoff up to ``max_backoff_s``, and an outage is logged twice in all: when
+    it starts (with the traceback) and when ``work`` succeeds again, not once per attempt.
+    ``CancelledError`` passes through (how it stops)."""
+    failures = 0
+    while True:
+        if wake is not None:
+            wake.clear()  # what was due until now, this pass does
+        try:
+            await work()
+        except Exception as exc:
+            failures += 1
+            if failures == 1:
+                log.warning("%s failed (%r); retrying with backoff until it works", what, exc,
+                            exc_info=True)
+            await asyncio.sleep(min(max_backoff_s,
+                                    max(interval_s, 0.05) * 2 ** min(failures, 30)))
+            continue
+        if failures:
+            log.info("%s works again after %d failed attempts", what, failures)
+            failures = 0
+        if once:
+            return
+        if wake is None:
+            await asyncio.sleep(interval_s)
+            continue
+        try:
+            async with asyncio.timeout(interval_s):
+                await wake.wait()
+        except TimeoutError:
+            pass

@@ -9,7 +9,7 @@ the case was read at, otherwise someone else changed the case in between and the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -119,6 +119,13 @@ def _step_rows(case_id: str, steps: Sequence[CaseStep]) -> list[dict[str, Any]]:
         }
         for s in steps
     ]
+
+
+def _of_departments(departments: Collection[str] | None) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clause of a department filter: none for ``None`` (every department)."""
+    if departments is None:
+        return []
+    return [hall_cases.c.department_id.in_(sorted(departments))]
 
 
 def _row_to_step(row: sa.Row[Any]) -> CaseStep:
@@ -238,21 +245,26 @@ class CaseBook:
             order_by=[hall_cases.c.deadline],
         )
 
-    async def overdue(self) -> list[Case]:
-        """Cases currently overdue (the supervisor's follow-up list), oldest deadline first."""
+    async def overdue(self, *, departments: Collection[str] | None = None) -> list[Case]:
+        """Cases currently overdue (the supervisor's follow-up list), oldest deadline first;
+        only those of ``departments`` if given (a department supervisor's)."""
         return await self._select(
             hall_cases.c.overdue.is_(True),
             hall_cases.c.state != CaseState.CLOSED.value,
+            *_of_departments(departments),
             order_by=[hall_cases.c.deadline],
         )
 
-    async def listing(self, *, state: CaseState | None = None, limit: int = 200) -> list[Case]:
+    async def listing(self, *, state: CaseState | None = None, limit: int = 200,
+                      departments: Collection[str] | None = None) -> list[Case]:
         """The supervisor's list: cases not closed (or in ``state``), overdue ones first, then
-        by deadline (soonest first; cases without one last), at most ``limit``."""
+        by deadline (soonest first; cases without one last), at most ``limit``; only those
+        of ``departments`` if given (filtered in the query, so ``limit`` counts theirs)."""
         where = (hall_cases.c.state == state.value if state is not None
                  else hall_cases.c.state != CaseState.CLOSED.value)
         return await self._select(
             where,
+            *_of_departments(departments),
             order_by=[
                 hall_cases.c.overdue.desc(),
                 # "IS NULL" sorts false first on both SQLite and PostgreSQL, where NULLS LAST
@@ -273,6 +285,21 @@ class CaseBook:
         async with engine.connect() as conn:
             row = (await conn.execute(query)).one()
         return {"open": int(row[0]), "overdue": int(row[1])}
+
+    async def department_counts(self) -> dict[str, dict[str, int]]:
+        """:meth:`counts` per department (departments without an open case are absent): one
+        read serves every supervisor's wall, each summing its own departments."""
+        overdue = sa.case((hall_cases.c.overdue.is_(True), 1), else_=0)
+        query = (
+            sa.select(hall_cases.c.department_id, sa.func.count(),
+                      sa.func.coalesce(sa.func.sum(overdue), 0))
+            .where(hall_cases.c.state != CaseState.CLOSED.value)
+            .group_by(hall_cases.c.department_id)
+        )
+        engine, _ = self._db.engines
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {str(r[0]): {"open": int(r[1]), "overdue": int(r[2])} for r in rows}
 
     async def _select(
         self,

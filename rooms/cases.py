@@ -35,10 +35,12 @@ Pure domain: no I/O, the caller passes ``now``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from rooms.errors import InvalidStateError, ValidationError
 
@@ -341,6 +343,7 @@ class Case:
 __all__ = [
     "CLAIM_ALPHABET",
     "DEFAULT_POLICY",
+    "PENDING_CASE_PREFIX",
     "SYSTEM_ACTOR",
     "TRANSITIONS",
     "Case",
@@ -348,6 +351,56 @@ __all__ = [
     "CaseSource",
     "CaseState",
     "CaseStep",
+    "PendingCase",
     "new_claim_code",
     "normalize_claim_code",
 ]
+
+
+# Key prefix of a pending outcome case in the store's follow-up outbox.
+PENDING_CASE_PREFIX = "case:"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCase:
+    """The 办不成事 case a clerk's "unresolved" outcome makes due, as the engine records it
+    in the store's follow-up outbox in the same transaction as the outcome. The shell files
+    it in the records database later (at once, or after an outage), so it carries everything
+    the case needs; its case id is derived from the ticket, so filing it again after a
+    partial success finds the case already there instead of filing a second one."""
+
+    ticket_id: str
+    matter_id: str
+    department_id: str
+    reason: str | None
+    clerk_id: str | None
+    resident_id: str | None  # None: a kiosk ticket (the case is then anonymous)
+    service_point_id: str | None
+    at: float  # when the outcome was recorded: the case's filing time
+
+    @property
+    def key(self) -> str:
+        return PENDING_CASE_PREFIX + self.ticket_id
+
+    @property
+    def case_id(self) -> str:
+        # The same 16 hex digits as a random case id, one per ticket (a ticket ends once).
+        return hashlib.sha256(f"outcome:{self.ticket_id}".encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ticket_id": self.ticket_id, "matter_id": self.matter_id,
+                "department_id": self.department_id, "reason": self.reason,
+                "clerk_id": self.clerk_id, "resident_id": self.resident_id,
+                "service_point_id": self.service_point_id, "at": self.at}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PendingCase:
+        def text(name: str) -> str | None:
+            value = raw.get(name)
+            return None if value is None else str(value)
+
+        return cls(ticket_id=str(raw["ticket_id"]), matter_id=str(raw["matter_id"]),
+                   department_id=str(raw["department_id"]), reason=text("reason"),
+                   clerk_id=text("clerk_id"), resident_id=text("resident_id"),
+                   service_point_id=text("service_point_id"), at=float(raw["at"]))
+

@@ -110,3 +110,10 @@ class ThrottledError(HallError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RateLimitedError(ThrottledError):
+    """One principal sent events of one class faster than its budget allows (per-principal
+    rate limits, see signaling/ratelimit.py); try again after ``retry_after_s``."""
+
+    code = "too_many_requests"

@@ -34,6 +34,9 @@ class EventKind(StrEnum):
     ABANDON = "abandon"
     TIMEOUT = "timeout"                  # ticket timed out (max wait / callback expired)
     DONE = "done"                        # ticket finished
+    # the live state of an open ticket was lost (an empty Redis, an embedded hall restarted):
+    # the hall closes it in the log, once (data: reason "state_lost", last_kind, detected)
+    STATE_LOST = "state_lost"
     # clerk state
     CLERK_LOGIN = "clerk_login"
     CLERK_LOGOUT = "clerk_logout"
@@ -43,6 +46,9 @@ class EventKind(StrEnum):
     MONITOR_JOIN = "monitor_join"        # a supervisor silently joined a session (data: supervisor)
     MONITOR_LEAVE = "monitor_leave"
     CLERK_NOTE = "clerk_note"            # the clerk's private note on a live session (data: text)
+    # the call funnel and quality of a session as its sides reported them (call.report), once
+    # when the session ends (data: outcome, resident, clerk; docs/queueing.md)
+    CALL_QUALITY = "call_quality"
     # kiosks (service points); service_point_id is set, ticket_id is not
     KIOSK_ONLINE = "kiosk_online"        # the kiosk's device connected
     KIOSK_OFFLINE = "kiosk_offline"      # its connection is gone
@@ -55,6 +61,11 @@ class EventKind(StrEnum):
     FILE_UPLOAD = "file_upload"          # data: file_id, by, size, content_type, kind, ...
     FILE_VIEW = "file_view"              # a file's content was read (data: file_id, by)
     FILE_DELETE = "file_delete"          # data: file_id, by, reason (deleted | retention)
+
+
+# The events that end a ticket in the log: every ticket that entered the queue has exactly one.
+TERMINAL_KINDS = frozenset({EventKind.DONE, EventKind.ABANDON, EventKind.TIMEOUT,
+                            EventKind.STATE_LOST})
 
 
 @dataclass(frozen=True, slots=True)

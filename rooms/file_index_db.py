@@ -91,3 +91,13 @@ class DatabaseFileIndex(FileIndex):
 
     async def older_than(self, cutoff: float) -> builtins.list[StoredFile]:
         return await self._rows(hall_files.c.uploaded_at < cutoff)
+
+    async def uploader_usage(self, uploaded_by: str, since: float) -> tuple[int, int]:
+        read, _ = self._db.engines
+        async with read.connect() as conn:
+            row = (await conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(hall_files.c.size), 0))
+                .where(hall_files.c.uploaded_by == uploaded_by,
+                       hall_files.c.uploaded_at >= since)
+            )).one()
+        return int(row[0]), int(row[1])

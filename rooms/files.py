@@ -14,9 +14,10 @@ and storage layer only; the HTTP routes and socket announcements are built on to
   soon as they exceed their size cap. Identical content is stored once.
 * :class:`FileIndex` records which session holds which file and counts references per digest
   (:class:`MemoryFileIndex` now, a Redis/database version later).
-* :class:`SessionFiles` is the service callers use: upload with per-file and per-session quotas,
-  list, get, read, delete and the retention sweep, and it reports every upload, view and deletion
-  as a :class:`~rooms.events.HallEvent` through its ``on_event`` callback.
+* :class:`SessionFiles` is the service callers use: upload with per-file, per-session and daily
+  per-uploader quotas, list, get, read, delete and the retention sweep, and it reports every
+  upload, view and deletion as a :class:`~rooms.events.HallEvent` through its ``on_event``
+  callback.
 
 Access control is NOT decided here: this module trusts its caller. The signaling/HTTP layer must
 check that the caller is a participant of the session (or a supervisor) before calling
@@ -25,6 +26,7 @@ check that the caller is a participant of the session (or a supervisor) before c
 ``X-Content-Type-Options: nosniff`` and the stored (sniffed) content type.
 
 Error codes (stable, forwarded to clients): ``file_too_large``, ``session_quota_exceeded``,
+``daily_quota_exceeded`` (the uploader's files or bytes of the day, over all its sessions),
 ``file_type_refused``, ``file_empty``, ``file_not_found`` and, in a rare race with a concurrent
 deletion of identical content, ``file_upload_interrupted`` (the client may simply retry).
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import datetime
 import hashlib
 import logging
 import os
@@ -46,6 +49,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
+from zoneinfo import ZoneInfo
 
 from rooms.clock import Clock
 from rooms.errors import HallError, ValidationError
@@ -69,6 +73,12 @@ class FileTooLargeError(HallError):
     """The file exceeds the per-file size cap."""
 
     code = "file_too_large"
+
+
+class DailyQuotaExceededError(HallError):
+    """The uploader has used its files or bytes of the day (over all its tickets)."""
+
+    code = "daily_quota_exceeded"
 
 
 class SessionQuotaExceededError(HallError):
@@ -241,6 +251,22 @@ class FileLimits:
     max_session_bytes: int = 50 * MiB
     max_session_files: int = 40
     retention_s: float = 30 * 24 * 3600.0
+    # Per uploader and calendar day (``timezone``), over all their tickets: an app resident,
+    # and a kiosk (one service point, many residents a day) with room for a busy day.
+    # Clerks and supervisors have none. Deleted files no longer count.
+    resident_daily_files: int = 60
+    resident_daily_bytes: int = 200 * MiB
+    kiosk_daily_files: int = 600
+    kiosk_daily_bytes: int = 2048 * MiB
+    timezone: str = "Asia/Shanghai"
+
+    def daily_for(self, role: str) -> tuple[int, int] | None:
+        """``(files, bytes)`` a day for an uploader of this role, None for no daily quota."""
+        if role == "resident":
+            return self.resident_daily_files, self.resident_daily_bytes
+        if role == "kiosk":
+            return self.kiosk_daily_files, self.kiosk_daily_bytes
+        return None
 
 
 # -- blob storage ------------------------------------------------------------------------------
@@ -425,6 +451,11 @@ class FileIndex(ABC):
     async def older_than(self, cutoff: float) -> builtins.list[StoredFile]:
         """Every file (of every session) uploaded before ``cutoff``."""
 
+    @abstractmethod
+    async def uploader_usage(self, uploaded_by: str, since: float) -> tuple[int, int]:
+        """``(file count, total bytes)`` uploaded by ``uploaded_by`` at or after ``since``,
+        over every session."""
+
 
 class MemoryFileIndex(FileIndex):
     """The in-process index (tests, single-process halls)."""
@@ -469,6 +500,11 @@ class MemoryFileIndex(FileIndex):
     async def older_than(self, cutoff: float) -> builtins.list[StoredFile]:
         return [f for files in self._sessions.values() for f in files.values()
                 if f.uploaded_at < cutoff]
+
+    async def uploader_usage(self, uploaded_by: str, since: float) -> tuple[int, int]:
+        mine = [f for files in self._sessions.values() for f in files.values()
+                if f.uploaded_by == uploaded_by and f.uploaded_at >= since]
+        return len(mine), sum(f.size for f in mine)
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -517,10 +553,13 @@ class SessionFiles:
         *,
         declared_type: str | None = None,
         kind: FileKind = "upload",
+        daily: tuple[int, int] | None = None,
     ) -> StoredFile:
         """Validate and store one file; emits ``FILE_UPLOAD``.
 
         ``declared_type`` (the client's Content-Type) is only logged, never trusted.
+        ``daily`` is the uploader's ``(files, bytes)`` for the day over all its sessions
+        (:meth:`FileLimits.daily_for`), None for none.
         """
         if kind not in FILE_KINDS:
             raise ValidationError(f"unknown file kind {kind!r}")
@@ -535,16 +574,21 @@ class SessionFiles:
         if remaining <= 0:
             raise SessionQuotaExceededError(
                 f"session {session_id} has used its {limits.max_session_bytes} bytes")
-        max_bytes = min(limits.max_file_bytes, remaining)
+        day_left = await self._day_left(uploaded_by, daily)
+        max_bytes = min(limits.max_file_bytes, remaining,
+                        day_left if day_left is not None else limits.max_file_bytes)
         try:
             digest, size, head = await self.blobs.put(stream, max_bytes=max_bytes)
         except FileTooLargeError:
-            if max_bytes < limits.max_file_bytes:
-                raise SessionQuotaExceededError(
-                    f"file would exceed the {limits.max_session_bytes} bytes of session "
-                    f"{session_id} ({remaining} left)") from None
-            raise FileTooLargeError(
-                f"file exceeds {limits.max_file_bytes} bytes") from None
+            if max_bytes == limits.max_file_bytes:
+                raise FileTooLargeError(
+                    f"file exceeds {limits.max_file_bytes} bytes") from None
+            if day_left is not None and day_left <= remaining:
+                raise DailyQuotaExceededError(
+                    f"file would exceed today's upload quota ({day_left} bytes left)") from None
+            raise SessionQuotaExceededError(
+                f"file would exceed the {limits.max_session_bytes} bytes of session "
+                f"{session_id} ({remaining} left)") from None
         self._inflight.digests[digest] += 1
         stored: StoredFile | None = None
         try:
@@ -564,6 +608,10 @@ class SessionFiles:
                 if count >= limits.max_session_files or used + size > limits.max_session_bytes:
                     raise SessionQuotaExceededError(
                         f"session {session_id} quota exceeded by a concurrent upload")
+                left = await self._day_left(uploaded_by, daily)
+                if left is not None and size > left:
+                    raise DailyQuotaExceededError(
+                        "today's upload quota was used by a concurrent upload")
                 stored = StoredFile(
                     id=secrets.token_urlsafe(12),
                     session_id=session_id,
@@ -585,6 +633,26 @@ class SessionFiles:
         await self._emit(EventKind.FILE_UPLOAD, stored, by=uploaded_by,
                          declared_type=declared_type)
         return stored
+
+    def day_start(self, now: float | None = None) -> float:
+        """When the current calendar day began in the limits' time zone (epoch seconds)."""
+        tz = ZoneInfo(self.limits.timezone)
+        day = datetime.datetime.fromtimestamp(self.clock.now() if now is None else now, tz)
+        return day.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+    async def _day_left(self, uploaded_by: str, daily: tuple[int, int] | None) -> int | None:
+        """Bytes the uploader may still upload today (DailyQuotaExceededError if no file
+        or no byte is left); None without a daily quota."""
+        if daily is None:
+            return None
+        max_files, max_bytes = daily
+        count, used = await self.index.uploader_usage(uploaded_by, self.day_start())
+        if count >= max_files:
+            raise DailyQuotaExceededError(
+                f"{count} files uploaded today: the limit is {max_files} a day")
+        if used >= max_bytes:
+            raise DailyQuotaExceededError(f"today's {max_bytes} bytes of uploads are used")
+        return max_bytes - used
 
     async def list(self, session_id: str) -> builtins.list[StoredFile]:
         """The session's files, oldest first."""

@@ -9,15 +9,17 @@ its notices to the subscribers once the transaction is over. Timers are deadline
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from rooms.cases import PendingCase
 from rooms.catalog import Catalog, Matter, ServiceKind
 from rooms.clerks import ON_DUTY_STATES, Clerk, ClerkState
 from rooms.clock import Clock
@@ -34,9 +36,17 @@ from rooms.events import EventKind, HallEvent
 from rooms.notices import Notice, NoticeKind
 from rooms.outcomes import Outcome, parse_outcome
 from rooms.policy import QueuePolicy
-from rooms.queues import PositionInfo, QueueBook, clerk_key, matter_key, order_score
-from rooms.routing import Router, pools_of
-from rooms.store import Store
+from rooms.queues import (
+    PositionInfo,
+    QueueBook,
+    clerk_key,
+    eta_s,
+    matter_key,
+    order_score,
+    wide_key,
+)
+from rooms.routing import CHUNK, Router, pools_of, primary_pool
+from rooms.store import Prefetch, Store
 from rooms.tickets import Channel, PriorityReason, Ticket, TicketState
 
 logger = logging.getLogger("hall.engine")
@@ -130,10 +140,12 @@ class Hall:
                     await self.store.put_clerk(clerk)
 
     @asynccontextmanager
-    async def _step(self) -> AsyncIterator[_Step]:
+    async def _step(self, prefetch: Prefetch | None = None) -> AsyncIterator[_Step]:
+        """One command's transaction; ``prefetch``: what it reads first, which the store may
+        fetch with the lock (Store.transaction)."""
         step = _Step(now=0.0)
         try:
-            async with self.store.transaction():
+            async with self.store.transaction(prefetch):
                 step.now = self.clock.now()
                 try:
                     yield step
@@ -160,7 +172,7 @@ class Hall:
             step.notices.append(Notice(NoticeKind.QUEUE_CHANGED, queue_key=key))
         if step.events:
             await self._count_day(step.events)
-            await self.store.outbox_append(step.events)
+            await self.store.outbox_add(step.events)
 
     async def _count_day(self, events: Sequence[HallEvent]) -> None:
         """Today's answered / abandoned counters, written with the events that move them so
@@ -170,11 +182,11 @@ class Hall:
                 continue
             if event.kind == EventKind.ACCEPT:
                 prefix = self._day_prefix(event.at)
-                await self.store.incr(f"{prefix}answered:{event.matter_id}")
+                await self.store.bump(f"{prefix}answered:{event.matter_id}")
                 if float(event.data.get("wait_s", 0.0)) <= self.policy.service_level_s:
-                    await self.store.incr(f"{prefix}answered_sl:{event.matter_id}")
+                    await self.store.bump(f"{prefix}answered_sl:{event.matter_id}")
             elif event.kind == EventKind.ABANDON:
-                await self.store.incr(f"{self._day_prefix(event.at)}abandoned:{event.matter_id}")
+                await self.store.bump(f"{self._day_prefix(event.at)}abandoned:{event.matter_id}")
 
     def _day_prefix(self, ts: float) -> str:
         # The hall's local date: "today" on the wallboard starts at local midnight.
@@ -243,6 +255,26 @@ class Hall:
             raise NotFoundError(f'matter "{matter_id}" does not exist')
         return matter
 
+    def _freeing(self, clerk_id: str) -> Prefetch:
+        """What a command that may make this clerk available reads first: the clerk, and
+        the head of every ready set the router picks its next ticket from (catalog skills:
+        the stored ones differ only while a logged-out clerk's skills change)."""
+        matters = sorted(self.catalog.clerk_matters(clerk_id))
+        keys = [clerk_key(clerk_id)] + [matter_key(m) for m in matters]
+        keys += [wide_key(m) for m in sorted(self.catalog.clerk_secondary_matters(clerk_id))]
+        return Prefetch(clerks=[clerk_id], held=[clerk_id], handle_times=matters,
+                        ready_heads=[(k, CHUNK) for k in keys])
+
+    def _offered_to(self, clerk_id: str, ticket_id: str) -> Prefetch:
+        """What a command on an offer reads first: the clerk, the ticket, and the queues the
+        ticket is likely in (the clerk's own and primary ones): its place there and their
+        first two tickets (the head after it leaves)."""
+        keys = [clerk_key(clerk_id)]
+        keys += [matter_key(m) for m in sorted(self.catalog.clerk_matters(clerk_id))]
+        return Prefetch(tickets=[ticket_id], clerks=[clerk_id],
+                        queue_heads=[(k, 2) for k in keys],
+                        queue_scores=[(k, ticket_id) for k in keys])
+
     def _local(self, ts: float) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(ts, self._tz)
 
@@ -285,8 +317,10 @@ class Hall:
                 NoticeKind.CLERK,
                 clerk_id=clerk.id,
                 ticket_id=clerk.ticket_id,
+                # The clerk as of this change: one command may make several (available,
+                # then offered), and each is shown as it was, not as the latest.
                 data={"state": new.value, "since": step.now, "reason": clerk.break_reason,
-                      "auto": auto},
+                      "auto": auto, "clerk": clerk.to_dict()},
             )
         )
 
@@ -323,7 +357,12 @@ class Hall:
         if when_unstaffed == Unstaffed.CALLBACK and contact is None:
             raise ValidationError("a callback request needs a contact (phone number)")
         department = self.catalog.department_of(matter_id)
-        async with self._step() as step:
+        key = matter_key(matter_id)
+        day = self._local(self.clock.now()).strftime("%Y%m%d")
+        reads = Prefetch(seqs=["ticket"], queue_lens=[key], duty_counts=[matter_id],
+                         counters=[f"number:{department.id}:{day}"],
+                         idle_heads=[(primary_pool(matter_id), CHUNK)], queue_heads=[(key, 1)])
+        async with self._step(reads) as step:
             now = step.now
             hours = self.catalog.hours_for(matter_id)
             if self.policy.enforce_hours and not hours.is_open(now):
@@ -368,6 +407,7 @@ class Hall:
             await self._arm_ticket_timers(ticket, now)
             rank = await self.queues.rank(ticket)
             ticket.published_position = None if rank is None else rank + 1
+            await self.store.shown_set(ticket.id, ticket.published_position)
             await self._save_ticket(ticket, now)
             step.touched.add(ticket.queue_key)
             self._event(
@@ -381,7 +421,7 @@ class Hall:
 
     async def leave(self, ticket_id: str, *, reason: str = "left") -> Ticket:
         """The resident leaves: an abandon while queued or offered, an end while in session."""
-        async with self._step() as step:
+        async with self._step(Prefetch(tickets=[ticket_id])) as step:
             ticket = await self._ticket(ticket_id)
             ticket.check("leave", TicketState.WAITING, TicketState.TRANSFERRED,
                          TicketState.OFFERED, TicketState.IN_SESSION)
@@ -397,20 +437,24 @@ class Hall:
         cleaned = _clean_contact(contact)
         if cleaned is None:
             raise ValidationError("a callback request needs a contact (phone number)")
-        async with self._step() as step:
+        async with self._step(Prefetch(tickets=[ticket_id])) as step:
             ticket = await self._ticket(ticket_id)
             ticket.check("request a callback for", TicketState.WAITING, TicketState.TRANSFERRED)
             ticket.callback_contact = cleaned
             ticket.disconnected_at = None
             await self.store.timer_cancel(f"grace:{ticket.id}")
             await self._save_ticket(ticket, step.now)
-            self._event(step, EventKind.CALLBACK_REQUESTED, ticket)
+            # No clerk holds a waiting ticket: the clerk is the one it waits for by name
+            # (a transfer to a clerk), else none.
+            named = (await self._clerk(ticket.target_clerk_id)
+                     if ticket.target_clerk_id is not None else None)
+            self._event(step, EventKind.CALLBACK_REQUESTED, ticket, named)
             self._ticket_notice(step, ticket, callback=True)
             return ticket
 
     async def resident_disconnected(self, ticket_id: str) -> None:
         """Start the grace period; past it the ticket is abandoned (callbacks are exempt)."""
-        async with self._step() as step:
+        async with self._step(Prefetch(tickets=[ticket_id])) as step:
             ticket = await self._ticket(ticket_id)
             if ticket.is_final or ticket.state == TicketState.WRAP_UP:
                 return
@@ -421,7 +465,7 @@ class Hall:
             await self._save_ticket(ticket, step.now)
 
     async def resident_reconnected(self, ticket_id: str) -> None:
-        async with self._step() as step:
+        async with self._step(Prefetch(tickets=[ticket_id])) as step:
             ticket = await self._ticket(ticket_id)
             if ticket.disconnected_at is None:
                 return
@@ -430,31 +474,56 @@ class Hall:
             await self._save_ticket(ticket, step.now)
 
     async def positions(self, ticket_ids: Sequence[str]) -> list[PositionInfo]:
-        """Position and ETA of each ticket; the position shown never increases (see docs)."""
-        async with self._step() as step:
-            return [await self._position(step, await self._ticket(t)) for t in ticket_ids]
+        """Position and ETA of each ticket; the position shown never increases (see docs).
+
+        Not an engine command: it takes no lock (positions are advisory, and the store keeps
+        "never increases" by itself, Store.positions_shown), reading committed state with one
+        store step per queue, so a thousand residents asking cost no clerk any wait."""
+        tickets = [await self._ticket(t) for t in ticket_ids]
+        by_queue: dict[str, list[str]] = {}
+        for ticket in tickets:
+            if not ticket.is_final:
+                by_queue.setdefault(ticket.queue_key, []).append(ticket.id)
+        ranks: dict[str, tuple[int, int]] = {}
+        for key, ids in by_queue.items():
+            ranks.update((t, (shown, actual))
+                         for t, shown, actual in await self.store.positions_shown(key, ids))
+        infos = []
+        for ticket in tickets:
+            found = ranks.get(ticket.id)
+            if found is None:
+                infos.append(PositionInfo(ticket.id, ticket.number, ticket.state.value,
+                                          None, None, True))
+                continue
+            eta, staffed = await self.queues.estimate(ticket, found[1])
+            infos.append(PositionInfo(ticket.id, ticket.number, ticket.state.value, found[0],
+                                      eta, staffed))
+        return infos
 
     async def position(self, ticket_id: str) -> PositionInfo:
         return (await self.positions([ticket_id]))[0]
 
-    async def _position(self, step: _Step, ticket: Ticket) -> PositionInfo:
-        rank = await self.queues.rank(ticket) if not ticket.is_final else None
-        if rank is None:
-            return PositionInfo(ticket.id, ticket.number, ticket.state.value, None, None, True)
-        actual = rank + 1
-        eta, staffed = await self.queues.estimate(ticket, actual)
-        shown = actual if ticket.published_position is None else min(
-            ticket.published_position, actual
-        )
-        if shown != ticket.published_position:
-            ticket.published_position = shown
-            await self._save_ticket(ticket, step.now)
-        return PositionInfo(ticket.id, ticket.number, ticket.state.value, shown, eta, staffed)
+    async def queue_positions(self, queue_key: str) -> list[PositionInfo]:
+        """Every ticket of a queue with its position and ETA, in queue order, for the
+        position pusher: one store step for the ranks and one or two for the ETA's inputs,
+        whatever the queue's length; no lock. ``number`` and ``state`` are not read (None)."""
+        kind, _, ident = queue_key.partition(":")
+        if kind != "matter":
+            # A clerk's queue of transfers (a few tickets, of any matter): ticket by ticket.
+            ids = [t for t, _, _ in await self.store.positions_shown(queue_key)]
+            return await self.positions(ids)
+        ranked = await self.store.positions_shown(queue_key)
+        if not ranked:
+            return []
+        clerks = await self.store.duty_count(ident)
+        handle = await self.queues.handle_time(ident) if clerks else 0.0
+        return [PositionInfo(t, None, None, shown, eta_s(actual, clerks, handle), clerks > 0)
+                for t, shown, actual in ranked]
 
     # ------------------------------------------------------------------ clerks
     async def login(self, clerk_id: str) -> Clerk:
         """Log in and become available (idempotent for a clerk already logged in)."""
-        async with self._step() as step:
+        async with self._step(self._freeing(clerk_id)) as step:
             clerk = await self._clerk(clerk_id)
             if clerk.state == ClerkState.LOGGED_OUT:
                 clerk.missed_in_row = 0
@@ -464,7 +533,7 @@ class Hall:
             return await self._clerk(clerk_id)
 
     async def logout(self, clerk_id: str) -> Clerk:
-        async with self._step() as step:
+        async with self._step(Prefetch(clerks=[clerk_id])) as step:
             clerk = await self._clerk(clerk_id)
             clerk.check("log out", ClerkState.AVAILABLE, ClerkState.ON_BREAK)
             await self._logout(step, clerk, reason="logout")
@@ -475,7 +544,7 @@ class Hall:
         text = (reason or "").strip()
         if not text or len(text) > _MAX_BREAK_REASON:
             raise ValidationError(f"a break needs a reason of 1 to {_MAX_BREAK_REASON} characters")
-        async with self._step() as step:
+        async with self._step(Prefetch(clerks=[clerk_id])) as step:
             clerk = await self._clerk(clerk_id)
             clerk.check("start a break for", ClerkState.AVAILABLE, ClerkState.OFFERED,
                         ClerkState.IN_SESSION, ClerkState.WRAP_UP, ClerkState.ON_BREAK)
@@ -483,7 +552,8 @@ class Hall:
                 clerk.pending_break = text
                 step.notices.append(Notice(NoticeKind.CLERK, clerk_id=clerk.id,
                                            data={"state": clerk.state.value,
-                                                 "pending_break": text}))
+                                                 "pending_break": text,
+                                                 "clerk": clerk.to_dict()}))
             elif clerk.state == ClerkState.OFFERED:
                 ticket = await self._ticket(_offered(clerk))
                 await self._return_offer(step, ticket, clerk, missed=False,
@@ -495,7 +565,7 @@ class Hall:
 
     async def set_available(self, clerk_id: str) -> Clerk:
         """End a break (or cancel a pending one) and take the next ticket."""
-        async with self._step() as step:
+        async with self._step(self._freeing(clerk_id)) as step:
             clerk = await self._clerk(clerk_id)
             if clerk.state == ClerkState.LOGGED_OUT:
                 raise InvalidStateError(f'Cannot make clerk {clerk.id} available in state '
@@ -512,7 +582,7 @@ class Hall:
 
     async def accept(self, clerk_id: str, ticket_id: str) -> Ticket:
         """Accept the offer: the session starts. An offer past its deadline cannot be taken."""
-        async with self._step() as step:
+        async with self._step(self._offered_to(clerk_id, ticket_id)) as step:
             clerk = await self._clerk(clerk_id)
             ticket = await self._ticket(ticket_id)
             self._check_offer(clerk, ticket, "accept")
@@ -542,7 +612,11 @@ class Hall:
 
     async def decline(self, clerk_id: str, ticket_id: str) -> Ticket:
         """Decline the offer: the ticket goes back with its place, to the next clerk."""
-        async with self._step() as step:
+        offer = self._offered_to(clerk_id, ticket_id)
+        pools = [(primary_pool(m), CHUNK) for m in sorted(self.catalog.clerk_matters(clerk_id))]
+        reads = replace(self._freeing(clerk_id), tickets=offer.tickets, idle_heads=pools,
+                        queue_heads=offer.queue_heads, queue_scores=offer.queue_scores)
+        async with self._step(reads) as step:
             clerk = await self._clerk(clerk_id)
             ticket = await self._ticket(ticket_id)
             self._check_offer(clerk, ticket, "decline")
@@ -552,7 +626,7 @@ class Hall:
 
     async def end_session(self, clerk_id: str, ticket_id: str) -> Ticket:
         """The clerk ends the session: both move to wrap-up."""
-        async with self._step() as step:
+        async with self._step(Prefetch(tickets=[ticket_id], clerks=[clerk_id])) as step:
             clerk = await self._clerk(clerk_id)
             ticket = await self._ticket(ticket_id)
             self._check_holds(clerk, ticket, "end the session of")
@@ -562,7 +636,7 @@ class Hall:
     async def set_outcome(self, clerk_id: str, outcome: str, reason: str | None = None) -> Clerk:
         """Record the outcome during the session or wrap-up (wrap-up may then end on time)."""
         code, text = parse_outcome(outcome, reason)
-        async with self._step() as step:
+        async with self._step(self._freeing(clerk_id)) as step:
             clerk = await self._clerk(clerk_id)
             clerk.check("record an outcome for", ClerkState.IN_SESSION, ClerkState.WRAP_UP)
             clerk.outcome, clerk.outcome_reason = code.value, text
@@ -576,7 +650,7 @@ class Hall:
     ) -> Clerk:
         """Finish wrap-up early (or on time); an outcome is mandatory."""
         parsed = parse_outcome(outcome, reason) if outcome is not None else None
-        async with self._step() as step:
+        async with self._step(self._freeing(clerk_id)) as step:
             clerk = await self._clerk(clerk_id)
             clerk.check("finish wrap-up for", ClerkState.WRAP_UP)
             if parsed is not None:
@@ -588,7 +662,7 @@ class Hall:
             return clerk
 
     async def extend_wrapup(self, clerk_id: str, seconds: float) -> Clerk:
-        async with self._step() as step:
+        async with self._step(Prefetch(clerks=[clerk_id])) as step:
             clerk = await self._clerk(clerk_id)
             clerk.check("extend wrap-up for", ClerkState.WRAP_UP)
             if not seconds > 0:
@@ -604,10 +678,28 @@ class Hall:
             clerk.wrapup_deadline = base + seconds
             clerk.wrapup_extended_s += seconds
             await self.store.timer_set(f"wrapup:{clerk.id}", clerk.wrapup_deadline)
-            self._event(step, EventKind.WRAPUP_EXTEND, None, clerk, seconds=seconds,
-                        ticket=clerk.ticket_id)
+            self._event(step, EventKind.WRAPUP_EXTEND, *await self._wrapup_ticket(clerk),
+                        seconds=seconds, ticket=clerk.ticket_id)
             await self._save_clerk(clerk, step.now)
             return clerk
+
+    async def _wrapup_ticket(self, clerk: Clerk) -> tuple[Ticket | None, Clerk]:
+        """The ticket a clerk's wrap-up event is about, for its log columns."""
+        ticket = None if clerk.ticket_id is None else await self.store.get_ticket(clerk.ticket_id)
+        return ticket, clerk
+
+    async def with_ticket_fields(self, event: HallEvent) -> HallEvent:
+        """``event`` (a file event: it names only its ticket) with the columns reports group
+        by, from the ticket as it is now: its clerk, matter, department, point and channel.
+        Unchanged if the ticket is gone (files outlive the live state)."""
+        if event.ticket_id is None:
+            return event
+        ticket = await self.store.get_ticket(event.ticket_id)
+        if ticket is None:
+            return event
+        return HallEvent(event.kind, event.at, ticket.id, event.clerk_id or ticket.clerk_id,
+                         ticket.matter_id, ticket.department_id, ticket.service_point_id,
+                         ticket.channel.value, event.data, event.seq)
 
     async def transfer(
         self,
@@ -622,7 +714,8 @@ class Hall:
         """Hand the resident to another matter's queue or a named clerk, keeping wait credit."""
         if to_matter is None and to_clerk is None:
             raise ValidationError("a transfer needs a target matter or clerk")
-        async with self._step() as step:
+        named = [clerk_id] if to_clerk is None else [clerk_id, to_clerk]
+        async with self._step(Prefetch(tickets=[ticket_id], clerks=named)) as step:
             clerk = await self._clerk(clerk_id)
             ticket = await self._ticket(ticket_id)
             self._check_holds(clerk, ticket, "transfer")
@@ -659,9 +752,11 @@ class Hall:
             ticket.target_clerk_id = target.id if target else None
             ticket.clerk_id = None
             ticket.transfers += 1
+            ticket.transfer_note = note
             ticket.widened = False
             ticket.told_next = False
             ticket.published_position = None  # a new queue: a new count, same wait credit
+            await self.store.shown_set(ticket.id, None)
             # A transfer is a new request: earlier declines do not hold against it. Both sides
             # of each cooldown are cleared, so routing from either side agrees.
             for skipped_id in list(ticket.skip_clerks):
@@ -684,8 +779,9 @@ class Hall:
 
     async def clerk_disconnected(self, clerk_id: str) -> Clerk:
         """The clerk's connection is gone for good: their resident goes back to the front."""
-        async with self._step() as step:
+        async with self._step(Prefetch(clerks=[clerk_id])) as step:
             clerk = await self._clerk(clerk_id)
+            clerk.pending_break = None  # first: every notice below shows the clerk as left
             gone = ClerkState.LOGGED_OUT
             if clerk.state == ClerkState.OFFERED:
                 ticket = await self._ticket(_offered(clerk))
@@ -709,46 +805,51 @@ class Hall:
 
     # ------------------------------------------------------------------ supervisors
     async def snapshot(self) -> dict[str, Any]:
-        """Every queue and clerk now, JSON-able (wallboard, /api/queues)."""
-        async with self.store.transaction():
-            now = self.clock.now()
-            matters = []
-            for matter in self.catalog.matters.values():
-                key = matter_key(matter.id)
-                head = await self.store.queue_range(key, 0, 1)
-                head_wait = head_joined = None
-                if head:
-                    first = await self.store.get_ticket(head[0])
-                    if first is not None:
-                        head_joined = first.joined_at
-                        head_wait = now - first.joined_at
-                matters.append({
-                    "id": matter.id,
-                    "name": matter.name,
-                    "department_id": matter.department_id,
-                    "queued": await self.store.queue_len(key),
-                    "on_duty": await self.store.duty_count(matter.id),
-                    "handle_time_s": await self.queues.handle_time(matter.id),
-                    "head_wait_s": head_wait,
-                    "head_joined_at": head_joined,
-                })
-            clerks = []
-            for clerk_id in await self.store.clerk_ids():
-                clerk = await self.store.get_clerk(clerk_id)
-                if clerk is None:
-                    continue
-                clerks.append({
-                    "id": clerk.id,
-                    "name": clerk.name,
-                    "state": clerk.state.value,
-                    "since": clerk.state_since,
-                    "ticket_id": clerk.ticket_id,
-                    "break_reason": clerk.break_reason,
-                    "missed_in_row": clerk.missed_in_row,
-                    "wrapup_overdue": clerk.wrapup_overdue,
-                })
-            return {"at": now, "matters": matters, "clerks": clerks,
-                    "active_tickets": len(await self.store.active_ticket_ids())}
+        """Every queue and clerk now, JSON-able (wallboard, /api/queues).
+
+        Read without the hall lock: it is built once a second for views that are as of
+        ``at``, and under the lock its dozens of reads made every engine command wait (each
+        read sees committed state; the figures of one matter may be a command apart)."""
+        now = self.clock.now()
+        matters = await asyncio.gather(*(self._matter_now(m, now)
+                                          for m in self.catalog.matters.values()))
+        clerks = []
+        for clerk_id in await self.store.clerk_ids():
+            clerk = await self.store.get_clerk(clerk_id)
+            if clerk is None:
+                continue
+            clerks.append({
+                "id": clerk.id,
+                "name": clerk.name,
+                "state": clerk.state.value,
+                "since": clerk.state_since,
+                "ticket_id": clerk.ticket_id,
+                "break_reason": clerk.break_reason,
+                "missed_in_row": clerk.missed_in_row,
+                "wrapup_overdue": clerk.wrapup_overdue,
+            })
+        return {"at": now, "matters": list(matters), "clerks": clerks,
+                "active_tickets": len(await self.store.active_ticket_ids())}
+
+    async def _matter_now(self, matter: Matter, now: float) -> dict[str, Any]:
+        key = matter_key(matter.id)
+        head = await self.store.queue_range(key, 0, 1)
+        head_wait = head_joined = None
+        if head:
+            first = await self.store.get_ticket(head[0])
+            if first is not None:
+                head_joined = first.joined_at
+                head_wait = now - first.joined_at
+        return {
+            "id": matter.id,
+            "name": matter.name,
+            "department_id": matter.department_id,
+            "queued": await self.store.queue_len(key),
+            "on_duty": await self.store.duty_count(matter.id),
+            "handle_time_s": await self.queues.handle_time(matter.id),
+            "head_wait_s": head_wait,
+            "head_joined_at": head_joined,
+        }
 
     async def rate(self, ticket_id: str, score: int, comment: str | None = None) -> Ticket:
         """The resident rates a session that reached a clerk: once, 1 to 5, optional comment."""
@@ -757,7 +858,7 @@ class Hall:
         text = (comment or "").strip() or None
         if text is not None and len(text) > _MAX_RATING_COMMENT:
             raise ValidationError(f"a comment is at most {_MAX_RATING_COMMENT} characters")
-        async with self._step() as step:
+        async with self._step(Prefetch(tickets=[ticket_id])) as step:
             ticket = await self._ticket(ticket_id)
             ticket.check("rate", TicketState.WRAP_UP, TicketState.DONE)
             if ticket.rating is not None:
@@ -768,14 +869,17 @@ class Hall:
                         comment=text, clerk=ticket.clerk_id)
             return ticket
 
-    async def record_monitor(self, ticket_id: str, supervisor_id: str, *, joined: bool) -> Ticket:
-        """Log a supervisor silently joining (or leaving) a live session."""
-        async with self._step() as step:
+    async def record_monitor(self, ticket_id: str, supervisor_id: str, *, joined: bool,
+                             reason: str | None = None) -> Ticket:
+        """Log a supervisor silently joining (or leaving) a live session; ``reason``
+        ``session_ended`` when the session ended under the monitor."""
+        async with self._step(Prefetch(tickets=[ticket_id])) as step:
             ticket = await self._ticket(ticket_id)
             if joined:
                 ticket.check("monitor", TicketState.IN_SESSION)
             kind = EventKind.MONITOR_JOIN if joined else EventKind.MONITOR_LEAVE
-            self._event(step, kind, ticket, None, supervisor=supervisor_id)
+            extra = {} if reason is None else {"reason": reason}
+            self._event(step, kind, ticket, None, supervisor=supervisor_id, **extra)
             return ticket
 
     async def record_note(self, ticket_id: str, clerk_id: str, text: str) -> SessionNote:
@@ -783,13 +887,26 @@ class Hall:
         cleaned = (text or "").strip()
         if not cleaned or len(cleaned) > MAX_NOTE_CHARS:
             raise ValidationError(f"a note needs 1 to {MAX_NOTE_CHARS} characters")
-        async with self._step() as step:
+        async with self._step(Prefetch(tickets=[ticket_id], clerks=[clerk_id])) as step:
             clerk = await self._clerk(clerk_id)
             ticket = await self._ticket(ticket_id)
             self._check_holds(clerk, ticket, "write a note on")
             note = SessionNote(f"N{await self.store.next_seq('note'):017d}", cleaned, step.now)
             self._event(step, EventKind.CLERK_NOTE, ticket, clerk, note_id=note.id, text=cleaned)
             return note
+
+    async def record_call_quality(self, ticket_id: str, clerk_id: str | None,
+                                  data: dict[str, Any]) -> None:
+        """Log the call funnel and quality of a session that ended (signaling/call_quality.py
+        builds ``data``); ``clerk_id``: that session's clerk (after a transfer the ticket
+        names the next one)."""
+        async with self._step(Prefetch(tickets=[ticket_id])) as step:
+            ticket = await self._ticket(ticket_id)
+            step.events.append(HallEvent(
+                kind=EventKind.CALL_QUALITY, at=step.now, ticket_id=ticket.id,
+                clerk_id=clerk_id or ticket.clerk_id, matter_id=ticket.matter_id,
+                department_id=ticket.department_id, service_point_id=ticket.service_point_id,
+                channel=ticket.channel.value, data=data))
 
     async def record_kiosk(self, service_point_id: str, kind: EventKind, **data: Any) -> None:
         """Log a kiosk's presence or health change (the hub decides what is a change)."""
@@ -823,12 +940,21 @@ class Hall:
     async def queue_tickets(self, matter_id: str, limit: int = 50) -> list[Ticket]:
         """The first ``limit`` tickets of a matter's queue, in order."""
         self._matter(matter_id)
-        async with self.store.transaction():
-            ids = await self.store.queue_range(matter_key(matter_id), 0, limit)
-            return [await self._ticket(t) for t in ids]
+        # No lock, like the snapshot: a ticket that left meanwhile is left out.
+        ids = await self.store.queue_range(matter_key(matter_id), 0, limit)
+        found = [await self.store.get_ticket(t) for t in ids]
+        return [t for t in found
+                if t is not None and (t.is_queued or t.state == TicketState.OFFERED)]
 
     async def get_ticket(self, ticket_id: str) -> Ticket:
-        return await self._ticket(ticket_id)
+        ticket = await self._ticket(ticket_id)
+        if ticket.is_queued or ticket.state == TicketState.OFFERED:
+            # The record keeps the position shown at join; the store, the lowest shown since
+            # (positions are read without the engine, Store.positions_shown).
+            found = await self.store.positions_shown(ticket.queue_key, [ticket.id])
+            if found:
+                ticket.published_position = found[0][1]
+        return ticket
 
     async def get_clerk(self, clerk_id: str) -> Clerk:
         return await self._clerk(clerk_id)
@@ -952,7 +1078,8 @@ class Hall:
                   "kind": ticket.kind.value, "priority": ticket.priority,
                   "callback": ticket.callback_contact is not None,
                   "callback_contact": ticket.callback_contact,
-                  "transfers": ticket.transfers, "wait_s": step.now - ticket.joined_at},
+                  "transfers": ticket.transfers, "transfer_note": ticket.transfer_note,
+                  "wait_s": step.now - ticket.joined_at},
         ))
         self._ticket_notice(step, ticket)
 
@@ -1030,6 +1157,7 @@ class Hall:
     async def _close_ticket(self, step: _Step, ticket: Ticket) -> None:
         ticket.ended_at = step.now
         await self.store.set_ticket_active(ticket.id, False)
+        await self.store.shown_set(ticket.id, None)
         await self._save_ticket(ticket, step.now)
         self._ticket_notice(step, ticket)
 
@@ -1081,6 +1209,15 @@ class Hall:
                         handle_s=step.now - started)
             ticket.set_state(TicketState.DONE, step.now)
             self._event(step, EventKind.DONE, ticket, clerk, outcome=clerk.outcome)
+            if clerk.outcome == Outcome.UNRESOLVED:
+                # 办不成事: the case is due with the outcome, in the same transaction, so no
+                # outage of the records database (where the shell files it) can lose it.
+                pending = PendingCase(
+                    ticket_id=ticket.id, matter_id=ticket.matter_id,
+                    department_id=ticket.department_id, reason=ticket.outcome_reason,
+                    clerk_id=clerk.id, resident_id=ticket.resident_id,
+                    service_point_id=ticket.service_point_id, at=step.now)
+                await self.store.followup_add(pending.key, pending.to_dict())
             await self._close_ticket(step, ticket)
             await self.queues.learn_handle_time(ticket.matter_id, step.now - started)
         else:
@@ -1121,15 +1258,15 @@ class Hall:
         # so it goes back ahead of everyone who was behind it then.
         await self.queues.enqueue(ticket)
         step.touched.add(ticket.queue_key)
-        self._event(step, EventKind.REQUEUE, ticket, reason=reason)
+        self._event(step, EventKind.REQUEUE, ticket, clerk, reason=reason)  # who lost it
         await self._save_ticket(ticket, step.now)
         clerk.ticket_id = None
         self._ticket_notice(step, ticket, requeued=True)
         await self._dispatch_ticket(step, ticket)
 
     async def _logout(self, step: _Step, clerk: Clerk, *, reason: str) -> None:
+        clerk.pending_break = None  # before: the change's notice shows the clerk as left
         await self._set_clerk(step, clerk, ClerkState.LOGGED_OUT, reason=reason)
-        clerk.pending_break = None
         await self._save_clerk(clerk, step.now)
         await self._retarget_named(step, clerk)
 

@@ -46,11 +46,16 @@ def order_score(joined_at: float, priority: PriorityReason | None, policy: Queue
     return joined_at
 
 
+def eta_s(position: int, clerks: int, handle_s: float) -> float | None:
+    """``ceil(position / clerks)`` rounds of the handle time; None with no clerk on duty."""
+    return None if clerks == 0 else math.ceil(position / clerks) * handle_s
+
+
 @dataclass(frozen=True, slots=True)
 class PositionInfo:
     ticket_id: str
-    number: str
-    state: str
+    number: str | None  # None when read queue-wide (Hall.queue_positions: the pusher)
+    state: str | None
     position: int | None  # 1 = next; None once the ticket has left the queue
     eta_s: float | None  # None when no clerk serving the queue is on duty
     staffed: bool  # some clerk serving this queue is on duty
@@ -119,5 +124,4 @@ class QueueBook:
         clerks = await self.staffing(ticket)
         if clerks == 0:
             return None, False
-        rounds = math.ceil(position / clerks)
-        return rounds * await self.handle_time(ticket.matter_id), True
+        return eta_s(position, clerks, await self.handle_time(ticket.matter_id)), True

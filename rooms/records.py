@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from rooms.errors import HallError
-from rooms.events import EventKind, HallEvent
+from rooms.events import TERMINAL_KINDS, EventKind, HallEvent
 from rooms.migrations import current_version, migrate
 
 logger = logging.getLogger("hall.records")
@@ -323,6 +323,34 @@ class RecordsDB:
         async with engine.connect() as conn:
             result = await conn.execute(query)
             return [_row_to_event(row) for row in result]
+
+    async def open_tickets(self, ticket_ids: Collection[str] | None = None,
+                           limit: int = 10_000) -> list[HallEvent]:
+        """Tickets the log shows open: an ``enter_queue`` and no terminal event (``done``,
+        ``abandon``, ``timeout``, ``state_lost``); for each, its latest event that names a
+        matter (what it was doing, and where, when the log last heard of it), in seq
+        order, at most ``limit``. ``ticket_ids`` limits the answer to those tickets."""
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        if ticket_ids is not None and not ticket_ids:
+            return []
+        engine, _ = self._engines()
+        ended = sa.select(hall_events.c.ticket_id).where(
+            hall_events.c.kind.in_(sorted(k.value for k in TERMINAL_KINDS)),
+            hall_events.c.ticket_id.is_not(None))
+        opened = sa.select(hall_events.c.ticket_id).where(
+            hall_events.c.kind == EventKind.ENTER_QUEUE.value,
+            hall_events.c.ticket_id.not_in(ended))
+        if ticket_ids is not None:
+            opened = opened.where(hall_events.c.ticket_id.in_(sorted(ticket_ids)))
+        latest = (sa.select(sa.func.max(hall_events.c.seq))
+                  .where(hall_events.c.ticket_id.in_(opened.limit(limit)),
+                         hall_events.c.matter_id.is_not(None))
+                  .group_by(hall_events.c.ticket_id))
+        query = sa.select(hall_events).where(hall_events.c.seq.in_(latest))
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return sorted((_row_to_event(r) for r in rows), key=lambda e: e.seq)
 
     async def count(self) -> int:
         """Number of events stored."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -23,17 +24,47 @@ from rooms.errors import StoreUnavailableError
 T = TypeVar("T")
 
 
+# How many requests of one link may be in flight at once, and how long a request waits for a
+# free connection before it counts as Redis being unavailable. redis-py's default pool holds
+# 100 and refuses the 101st at once ("Too many connections"): a burst of 400 position reads
+# on one process answered 294 of them store_unavailable and failed the heartbeat with them.
+# A bounded pool that makes the excess wait keeps Redis's connection count predictable (N
+# processes x 2 links x POOL_SIZE) and turns a burst into a short queue; one Redis serves
+# requests one at a time anyway, so more connections would not answer sooner.
+POOL_SIZE = 64
+POOL_WAIT_S = 5.0
+# The liveness work (heartbeat, sweep) has a pool of its own: however long the main pool's
+# queue, a process must not be declared dead because its heartbeat queued behind a burst.
+URGENT_POOL_SIZE = 2
+
+
 class RedisLink:
     """A connection pool with the hall's failure rules: socket timeouts of ``timeout_s``, one
     immediate retry on a fresh connection (a pooled one is stale after a Redis restart), never
     the default's seconds of backoff (callers retry whole commands), and connection trouble
-    surfacing as :class:`StoreUnavailableError`."""
+    surfacing as :class:`StoreUnavailableError`. At most ``pool_size`` connections; a request
+    finding them all busy waits up to ``pool_wait_s`` for one (then: unavailable).
+    :attr:`urgent` is a second, small pool for work that must not queue behind the rest."""
 
-    def __init__(self, url: str, timeout_s: float, what: str) -> None:
+    def __init__(self, url: str, timeout_s: float, what: str, *,
+                 pool_size: int = POOL_SIZE, pool_wait_s: float = POOL_WAIT_S) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.pool_size = pool_size
+        self.pool_wait_s = pool_wait_s
         self._what = what
         self._redis: aioredis.Redis | None = None
+        # Told each request's duration in seconds and whether the connection failed
+        # (server/metrics.py: hall_store_request_seconds); None: nothing measured.
+        self.on_request: Callable[[float, bool], None] | None = None
+        self._urgent: aioredis.Redis | None = None
+
+    def _pool(self, size: int) -> aioredis.Redis:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=size, timeout=self.pool_wait_s,
+            socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        return aioredis.Redis.from_pool(pool)
 
     @property
     def is_open(self) -> bool:
@@ -42,10 +73,8 @@ class RedisLink:
     def connect(self) -> aioredis.Redis:
         """The pool (created on first use; no I/O)."""
         if self._redis is None:
-            self._redis = aioredis.from_url(
-                self.url, socket_timeout=self.timeout_s,
-                socket_connect_timeout=self.timeout_s,
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+            self._redis = self._pool(self.pool_size)
+            self._urgent = self._pool(URGENT_POOL_SIZE)
         return self._redis
 
     def detach(self) -> aioredis.Redis | None:
@@ -62,6 +91,9 @@ class RedisLink:
             # Bounded: closing must not hang on a listener stuck in a client library.
             await stop_tasks([listener], patience_s=self.timeout_s)
         client = self.detach()
+        urgent, self._urgent = self._urgent, None
+        if urgent is not None:
+            await urgent.aclose()
         if client is None:
             return
         if last_word is not None:
@@ -75,12 +107,26 @@ class RedisLink:
             raise StoreUnavailableError(f"{self._what} is not open")
         return self._redis
 
+    @property
+    def urgent(self) -> aioredis.Redis:
+        """The small pool of the liveness work (heartbeat, sweep): never behind a burst."""
+        if self._urgent is None:
+            raise StoreUnavailableError(f"{self._what} is not open")
+        return self._urgent
+
     async def io(self, request: Awaitable[T]) -> T:
         """Await one Redis request; connection trouble becomes StoreUnavailableError."""
+        observe = self.on_request
+        start = time.perf_counter() if observe is not None else 0.0
         try:
-            return await request
+            result = await request
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if observe is not None:
+                observe(time.perf_counter() - start, True)
             raise StoreUnavailableError(f"{self._what} unavailable: {exc}") from exc
+        if observe is not None:
+            observe(time.perf_counter() - start, False)
+        return result
 
     async def ping(self) -> bool:
         """True if Redis answers now; never raises (for /readyz)."""

@@ -23,6 +23,9 @@ key (after the prefix)     type        contents
 ``handle``                 hash        matter -> learned handle time (float as text)
 ``timers``                 sorted set  timer name -> deadline
 ``outbox``                 sorted set  score = seq, member = the event as JSON (carries its seq)
+``followups``              hash        follow-up key -> its data as JSON (``Store.followup_add``)
+``shown``                  hash        ticket -> position last shown to its resident (written by
+                                       the engine at join, lowered lock-free by ``_POSITIONS``)
 ``seq:<name>``             string      ``next_seq`` counter, first set to the time in µs
 ``count:<name>``           string      ``incr`` counter (display numbers, day statistics)
 ``lock``                   string      the hall lock: holder's token, with a lease (PX)
@@ -77,14 +80,33 @@ killed mid-command leaves no partial state. Redis does not roll a script back wh
 fails, so the script only issues commands that cannot fail on keys of the right type, and scores
 are checked (finite or infinite, never NaN) before they are buffered.
 
+**Round trips.** Each request is a round trip that costs the hall process CPU (measured: about
+0.1-0.2 ms each on the development machine, more than the engine's own work) and, while the lock
+is held, every other process's wait. So a command names what it will read first
+(:class:`~rooms.store.Prefetch`: its clerk and ticket, the ticket a clerk holds, queue lengths,
+on-duty counts, counters, the heads of the queues, ready and idle sets it looks at, with the
+records of their first tickets, a ticket's place in a queue, a ``next_seq`` number) and the
+acquire script makes those reads as soon as the lock is taken, in the same round trip; reads
+then look there first (valid for the whole transaction: nobody else writes while we hold the
+lock). Removing a ticket from a ready set is blind (its score is fetched only if a later read
+needs it), increments nobody reads (the day's statistics, ``Store.bump``) skip their GET, and
+the engine's events are numbered by the commit script itself (``Store.outbox_add``). Both
+scripts take their many arguments as one (netstrings): redis-py spends more CPU encoding an
+argument than Lua spends cutting it out. A command is now two or three round trips (acquire
+with its reads, at most one more read, the commit) instead of five to twelve
+(``bench/engine_cost.py`` prints them).
+
 The commit happens when the transaction exits, whether or not the body raised, because the
 engine relies on MemoryStore's semantics (writes are applied at once there, so what a failing
 command wrote before failing stays: ``Hall._step`` settles and logs it in a ``finally``).
 
 Sequence numbers are not buffered: ``next_seq`` and the seqs ``outbox_append`` stamps are INCRBYs
 applied at once (a missing counter is first SET to the time in µs, like MemoryStore, so ids stay
-unique even if Redis loses its data). A number taken by a command whose commit is then refused,
-or by a crashed process, is simply never used: ids and seqs may have gaps, never duplicates.
+unique even if Redis loses its data); the events of ``outbox_add`` (the engine's) are numbered by
+the commit script, under the lock, so a refused command takes no seq at all. A number taken by
+a command whose commit is then refused, or by a crashed process (or reserved with the lock by
+``Prefetch.seqs`` and then not used), is simply never used: ids and seqs may have gaps, never
+duplicates.
 ``incr`` counters, on the other hand, are buffered like every other write, because the day's
 statistics are counted with the events that move them and must not drift from the log (a
 refused command must not count an answered call, nor take a display number): the first
@@ -126,6 +148,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import orjson
@@ -136,7 +159,7 @@ from rooms.clerks import Clerk
 from rooms.errors import StoreLockLostError, StoreUnavailableError
 from rooms.events import HallEvent
 from rooms.redis_link import RedisLink
-from rooms.store import Store
+from rooms.store import Prefetch, Store
 from rooms.tickets import Ticket
 
 logger = logging.getLogger("hall.store")
@@ -144,12 +167,67 @@ logger = logging.getLogger("hall.store")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# Take the lock, or find that it is already ours (a retried request whose reply was lost).
-_ACQUIRE = """
+# Many arguments as ONE (netstrings: "<length>:<bytes>" each): redis-py spends more CPU on
+# encoding an argument than Lua does on cutting it out, and a commit has dozens.
+_UNBLOB = """
+local function unblob(blob)
+  local items, pos = {}, 1
+  while pos <= #blob do
+    local colon = string.find(blob, ':', pos, true)
+    local len = tonumber(string.sub(blob, pos, colon - 1))
+    items[#items + 1] = string.sub(blob, colon + 1, colon + len)
+    pos = colon + len + 1
+  end
+  return items
+end
+"""
+
+# Take the lock, or find that it is already ours (a retried request whose reply was lost);
+# once taken, make the reads the command said it will make first (Prefetch), encoded in
+# ARGV[6] like the commit's ops (command, index into KEYS, n, n arguments; read-only
+# commands only): the lock and the command's first reads in one round trip.
+# Reply: 0 (busy), 1 (taken), or {1, the reply of each read in order} (taken).
+_ACQUIRE = _UNBLOB + """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
    or redis.call('get', KEYS[1]) == ARGV[1] then
   redis.call('zrem', KEYS[2], ARGV[3])
-  return 1
+  if not ARGV[6] then return 1 end
+  local A = unblob(ARGV[6])
+  local out, i = {1}, 1
+  while i <= #A do
+    local cmd, key, n = A[i], KEYS[tonumber(A[i + 1])], tonumber(A[i + 2])
+    if cmd == 'heads' then
+      -- A sorted set's first members (ARGV: stop, how many of their ticket records, the
+      -- tickets hash's index in KEYS): {members with scores, records}.
+      local flat = redis.call('zrange', key, 0, tonumber(A[i + 3]) - 1, 'WITHSCORES')
+      local ids = {}
+      for k = 1, math.min(#flat / 2, tonumber(A[i + 4])) do ids[k] = flat[2 * k - 1] end
+      local records = {}
+      if #ids > 0 then records = redis.call('hmget', KEYS[tonumber(A[i + 5])], unpack(ids)) end
+      out[#out + 1] = {flat, records}
+    elseif cmd == 'reserve' then
+      -- A number of a next_seq counter (ARGV: its base, as _NEXT_SEQ), for the command to
+      -- use: taken even if the command then refuses (a gap, as with any refused command).
+      if redis.call('exists', key) == 0 then redis.call('set', key, A[i + 3]) end
+      out[#out + 1] = redis.call('incrby', key, 1)
+    elseif cmd == 'held' then
+      -- The ticket record a clerk holds (ARGV: clerk id, the tickets hash's index in KEYS;
+      -- key: the clerks hash): {ticket id, record}, or {} when it holds none.
+      local raw = redis.call('hget', key, A[i + 3])
+      local held = raw and cjson.decode(raw)['ticket_id']
+      if type(held) == 'string' then
+        out[#out + 1] = {held, redis.call('hget', KEYS[tonumber(A[i + 4])], held)}
+      else
+        out[#out + 1] = {}
+      end
+    elseif n > 0 then
+      out[#out + 1] = redis.call(cmd, key, unpack(A, i + 3, i + 2 + n))
+    else
+      out[#out + 1] = redis.call(cmd, key)
+    end
+    i = i + 3 + n
+  end
+  return out
 end
 if ARGV[5] == '1' then
   local t = redis.call('time')
@@ -165,17 +243,31 @@ return 0
 # then ops: command, index into KEYS, n, n arguments. Sent in slices of at most 1000 arguments
 # (an even number, so score/member and field/value pairs are never split) to stay far below the
 # Lua stack limit.
-_COMMIT = """
+_COMMIT = _UNBLOB + """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then
   if redis.call('hget', KEYS[2], ARGV[2]) == ARGV[1] then return 2 end
   return 0
 end
-local i = 4
-while i <= #ARGV do
-  local cmd, key, n = ARGV[i], KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
+local A = ARGV[4] and unblob(ARGV[4]) or {}
+local i = 1
+while i <= #A do
+  local cmd, key, n = A[i], KEYS[tonumber(A[i + 1])], tonumber(A[i + 2])
   local last = i + 2 + n
-  for j = i + 3, last, 1000 do
-    redis.call(cmd, key, unpack(ARGV, j, math.min(j + 999, last)))
+  if cmd == 'stamp' then
+    -- Events numbered now (Store.outbox_add): key is the seq counter; the arguments are the
+    -- outbox's index in KEYS, the counter's base (as _NEXT_SEQ) and the events, each JSON
+    -- without its seq, which goes in first.
+    local outbox, count = KEYS[tonumber(A[i + 3])], n - 2
+    if redis.call('exists', key) == 0 then redis.call('set', key, A[i + 4]) end
+    local first = redis.call('incrby', key, count) - count
+    for k = 1, count do
+      local seq = string.format('%d', first + k)
+      redis.call('zadd', outbox, seq, '{"seq":' .. seq .. ',' .. string.sub(A[i + 4 + k], 2))
+    end
+  else
+    for j = i + 3, last, 1000 do
+      redis.call(cmd, key, unpack(A, j, math.min(j + 999, last)))
+    end
   end
   i = last + 1
 end
@@ -207,7 +299,41 @@ if not rank then return false end
 return {rank, redis.call('zscore', KEYS[1], ARGV[1])}
 """
 
-# How many members order before (score, member), which need not be in the set: those with a
+# Positions shown to a queue's residents, as one atomic step without the hall lock
+# (Store.positions_shown): each ticket's rank + 1, or what it was last shown if that is lower,
+# recorded. KEYS: the queue, the shown-positions hash. ARGV: ticket ids (none: the whole
+# queue, in order). Reply: id, shown, rank + 1, id, ... HMGET and HSET go in slices of
+# 1000 ids (far below the Lua stack limit).
+_POSITIONS = """
+local ids, ranks = {}, {}
+if #ARGV == 0 then
+  ids = redis.call('zrange', KEYS[1], 0, -1)
+  for i = 1, #ids do ranks[i] = i end
+else
+  for _, id in ipairs(ARGV) do
+    local r = redis.call('zrank', KEYS[1], id)
+    if r then ids[#ids + 1] = id; ranks[#ids] = r + 1 end
+  end
+end
+local out = {}
+for j = 1, #ids, 1000 do
+  local last = math.min(j + 999, #ids)
+  local prev = redis.call('hmget', KEYS[2], unpack(ids, j, last))
+  local writes = {}
+  for k = j, last do
+    local was = prev[k - j + 1] and tonumber(prev[k - j + 1])
+    local pos = ranks[k]
+    if was and was < pos then pos = was end
+    if was ~= pos then writes[#writes + 1] = ids[k]; writes[#writes + 1] = pos end
+    out[#out + 1] = ids[k]; out[#out + 1] = pos; out[#out + 1] = ranks[k]
+  end
+  if #writes > 0 then redis.call('hset', KEYS[2], unpack(writes)) end
+end
+return out
+"""
+
+# How many members order before (score, member), which need not be in the set, and the
+# member's own score in the set (nil if absent): those with a
 # lower score, plus a binary search over the run of equal scores. Members are compared byte by
 # byte as Redis orders them (Lua's own string '<' follows the server's locale).
 _COUNT_BELOW = """
@@ -225,7 +351,7 @@ while lo < hi do
   local mid = math.floor((lo + hi) / 2)
   if before(redis.call('zrange', KEYS[1], mid, mid)[1], ARGV[2]) then lo = mid + 1 else hi = mid end
 end
-return lo
+return {lo, redis.call('zscore', KEYS[1], ARGV[2])}
 """
 
 
@@ -238,12 +364,28 @@ def _score(value: float) -> str:
     return repr(float(value))
 
 
+def _blob(items: Iterable[str | bytes | int]) -> bytes:
+    """Items as one argument, netstrings (the scripts' ``unblob``)."""
+    parts = []
+    for item in items:
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(b"%d:%s" % (len(data), data))
+    return b"".join(parts)
+
+
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _pairs(raw: Any) -> list[tuple[str, float]]:
     return [(_text(member), float(score)) for member, score in raw]
+
+
+def _unstamped_bytes(event: HallEvent) -> bytes:
+    """The event as JSON without its seq (the commit script puts it first, see _COMMIT)."""
+    fields = event.to_dict()
+    del fields["seq"]
+    return orjson.dumps(fields, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _event_bytes(event: HallEvent) -> bytes:
@@ -304,9 +446,21 @@ class _Tx:
     zsets: dict[str, _ZView] = field(default_factory=dict)
     sets: dict[str, _SetView] = field(default_factory=dict)
     outbox: list[tuple[HallEvent, bytes]] = field(default_factory=list)
+    unstamped: list[bytes] = field(default_factory=list)  # outbox_add: seqs at the commit
+    followups: dict[str, bytes] = field(default_factory=dict)
+    shown: dict[str, int | None] = field(default_factory=dict)  # None: forget (HDEL)
     acked_upto: int | None = None  # outbox_ack inside the transaction (never by the engine)
     counts: dict[str, int] = field(default_factory=dict)  # incr counter key -> pending +n
     count_base: dict[str, int] = field(default_factory=dict)  # its value in Redis, read once
+    # What was read with the lock (Prefetch), as Redis held it: valid for the whole
+    # transaction, since nobody else writes these keys while we hold the lock.
+    seen_tickets: dict[str, bytes | None] = field(default_factory=dict)
+    seen_clerks: dict[str, bytes | None] = field(default_factory=dict)
+    seen_sizes: dict[str, int] = field(default_factory=dict)  # ZCARD / SCARD by Redis key
+    seen_handle: dict[str, float | None] = field(default_factory=dict)
+    reserved: dict[str, list[int]] = field(default_factory=dict)  # next_seq numbers taken
+    # Redis key -> (stop, the first `stop` members with scores)
+    seen_ranges: dict[str, tuple[int, list[tuple[str, float]]]] = field(default_factory=dict)
 
     def zview(self, key: str) -> _ZView:
         view = self.zsets.get(key)
@@ -321,6 +475,117 @@ class _Tx:
         return view
 
 
+_TICKETS_INDEX = "@tickets"  # in a read op's arguments: the tickets hash's index in KEYS
+
+
+class _Reads:
+    """A :class:`Prefetch` as the acquire script's read ops, and their replies put where the
+    transaction's reads look first (the ``seen_*`` of :class:`_Tx`)."""
+
+    __slots__ = ("_ops", "_tickets_key", "replies")
+
+    def __init__(self, store: RedisStore, prefetch: Prefetch | None) -> None:
+        # (command, key, arguments, what to do with the reply)
+        self._ops: list[tuple[str, str, list[str], Callable[[_Tx, Any], None]]] = []
+        self._tickets_key = store._tickets_key
+        self.replies: list[Any] | None = None
+        if prefetch is None:
+            return
+        add = self._ops.append
+        tickets = list(dict.fromkeys(prefetch.tickets))
+        if tickets:
+            add(("hmget", store._tickets_key, tickets, partial(_fill_records, "t", tickets)))
+        clerks = list(dict.fromkeys(prefetch.clerks))
+        if clerks:
+            add(("hmget", store._clerks_key, clerks, partial(_fill_records, "c", clerks)))
+        for name in dict.fromkeys(prefetch.seqs):
+            add(("reserve", store._prefix + "seq:" + name, [str(int(time.time() * 1_000_000))],
+                 partial(_fill_seq, name)))
+        for clerk_id in dict.fromkeys(prefetch.held):
+            add(("held", store._clerks_key, [clerk_id, _TICKETS_INDEX], _fill_held))
+        matters = list(dict.fromkeys(prefetch.handle_times))
+        if matters:
+            add(("hmget", store._handle_key, matters, partial(_fill_handle, matters)))
+        sizes = ([("zcard", store._queue(k)) for k in prefetch.queue_lens]
+                 + [("scard", store._duty(m)) for m in prefetch.duty_counts])
+        for command, key in dict.fromkeys(sizes):
+            add((command, key, [], partial(_fill_size, key)))
+        for name in dict.fromkeys(prefetch.counters):
+            key = store._count_key(name)
+            add(("get", key, [], partial(_fill_count, key)))
+        # (key, stop, how many of the first members' ticket records): the settle reads the
+        # queue's head record, the router the first ready ticket's.
+        heads = ([(store._queue(k), n, n) for k, n in prefetch.queue_heads]
+                 + [(store._ready(k), n, 1) for k, n in prefetch.ready_heads]
+                 + [(store._idle(k), n, 0) for k, n in prefetch.idle_heads])
+        for key, stop, records in dict.fromkeys(heads):
+            if stop > 0:
+                add(("heads", key, [str(stop), str(records), _TICKETS_INDEX],
+                     partial(_fill_heads, key, stop)))
+        for key, member in dict.fromkeys(prefetch.queue_scores):
+            add(("zmscore", store._queue(key), [member],
+                 partial(_fill_score, store._queue(key), member)))
+
+    def encode(self, keys: list[str], args: list[str | bytes | int]) -> None:
+        if not self._ops:
+            return
+        tickets_at = ""
+        ops: list[str | bytes | int] = []
+        for command, key, items, _ in self._ops:
+            if _TICKETS_INDEX in items and not tickets_at:
+                keys.append(self._tickets_key)
+                tickets_at = str(len(keys))
+            keys.append(key)
+            ops.extend((command, len(keys), len(items)))
+            ops.extend(tickets_at if item == _TICKETS_INDEX else item for item in items)
+        args.append(_blob(ops))
+
+    def apply(self, tx: _Tx) -> None:
+        if self.replies is None:
+            return
+        for (_, _, _, fill), reply in zip(self._ops, self.replies, strict=True):
+            fill(tx, reply)
+
+
+def _fill_records(kind: str, ids: list[str], tx: _Tx, reply: Any) -> None:
+    (tx.seen_tickets if kind == "t" else tx.seen_clerks).update(zip(ids, reply, strict=True))
+
+
+def _fill_seq(name: str, tx: _Tx, reply: Any) -> None:
+    tx.reserved.setdefault(name, []).append(int(reply))
+
+
+def _fill_held(tx: _Tx, reply: Any) -> None:
+    if reply:
+        tx.seen_tickets[_text(reply[0])] = reply[1] if len(reply) > 1 else None
+
+
+def _fill_handle(matters: list[str], tx: _Tx, reply: Any) -> None:
+    tx.seen_handle.update((m, None if raw is None else float(raw))
+                          for m, raw in zip(matters, reply, strict=True))
+
+
+def _fill_size(key: str, tx: _Tx, reply: Any) -> None:
+    tx.seen_sizes[key] = int(reply)
+
+
+def _fill_count(key: str, tx: _Tx, reply: Any) -> None:
+    tx.count_base[key] = 0 if reply is None else int(reply)
+
+
+def _fill_heads(key: str, stop: int, tx: _Tx, reply: Any) -> None:
+    flat, records = list(reply[0] or []), list(reply[1] or [])
+    pairs = [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+    tx.seen_ranges[key] = (stop, pairs)
+    for (member, _), raw in zip(pairs, records, strict=False):
+        tx.seen_tickets.setdefault(member, raw)
+
+
+def _fill_score(key: str, member: str, tx: _Tx, reply: Any) -> None:
+    score = reply[0] if reply else None
+    tx.zview(key).base.setdefault(member, None if score is None else float(score))
+
+
 @dataclass(frozen=True, slots=True)
 class _Scripts:
     acquire: AsyncScript
@@ -329,6 +594,7 @@ class _Scripts:
     rank_score: AsyncScript
     count_below: AsyncScript
     lease: AsyncScript
+    positions: AsyncScript
 
 
 def _writes(
@@ -381,6 +647,11 @@ class RedisStore(Store):
         self._handbacks: set[asyncio.Task[None]] = set()  # see _acquire
         # How contended the hall lock is: attempts per transaction (1.0: never waited).
         self.stats = {"transactions": 0, "lock_attempts": 0}
+        # Seconds, summed over transactions: queued behind this process's own commands, taking
+        # the hall lock (its round trip and any wait for another process), holding it (from
+        # granted to committed), and the longest hold (docs/architecture.md, "under load").
+        self.lock_times = {"local_wait_s": 0.0, "lock_wait_s": 0.0, "hold_s": 0.0,
+                           "hold_max_s": 0.0}
         self._lock_key = prefix + "lock"
         self._committed_key = prefix + "committed"
         # Waiting stores, oldest first (score: when they first found the lock taken, ms); a
@@ -394,6 +665,8 @@ class RedisStore(Store):
         self._handle_key = prefix + "handle"
         self._timers_key = prefix + "timers"
         self._outbox_key = prefix + "outbox"
+        self._followups_key = prefix + "followups"
+        self._shown_key = prefix + "shown"
 
     @property
     def prefix(self) -> str:
@@ -413,6 +686,7 @@ class RedisStore(Store):
             rank_score=client.register_script(_RANK_SCORE),
             count_below=client.register_script(_COUNT_BELOW),
             lease=client.register_script(_LEASE),
+            positions=client.register_script(_POSITIONS),
         )
         try:
             await self._io(client.ping())
@@ -429,15 +703,24 @@ class RedisStore(Store):
         listener, self._listener = self._listener, None
         self._scripts = None
         if self._link.is_open and self.stats["transactions"]:
-            logger.info("hall lock: %d transactions, %.2f attempts each",
-                        self.stats["transactions"],
-                        self.stats["lock_attempts"] / self.stats["transactions"])
+            count, times = self.stats["transactions"], self.lock_times
+            logger.info("hall lock: %d transactions, %.2f attempts each; per transaction "
+                        "%.2f ms queued here, %.2f ms taking the lock, %.2f ms held "
+                        "(longest %.1f ms)", count, self.stats["lock_attempts"] / count,
+                        times["local_wait_s"] / count * 1000,
+                        times["lock_wait_s"] / count * 1000, times["hold_s"] / count * 1000,
+                        times["hold_max_s"] * 1000)
         # Tidy this instance's retry marker; a crashed process leaves one small field behind.
         await self._link.close(
             listener, lambda client: client.hdel(self._committed_key, self._instance))
 
     async def ping(self) -> bool:
         return await self._link.ping()
+
+    @property
+    def link(self) -> RedisLink:
+        """The connection to Redis (server/metrics.py times its requests)."""
+        return self._link
 
     def _client(self) -> aioredis.Redis:
         return self._link.client
@@ -460,8 +743,9 @@ class RedisStore(Store):
                                            what="lock wake-ups")
 
     # ------------------------------------------------------------------ transactions
-    def transaction(self) -> AbstractAsyncContextManager[None]:
-        return self._transaction()
+    def transaction(self, prefetch: Prefetch | None = None,
+                    ) -> AbstractAsyncContextManager[None]:
+        return self._transaction(prefetch)
 
     def _current(self) -> _Tx | None:
         """The open transaction of the calling task, if any: other tasks of this process
@@ -477,12 +761,18 @@ class RedisStore(Store):
         return tx
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
+    async def _transaction(self, prefetch: Prefetch | None = None) -> AsyncIterator[None]:
         if self._current() is not None:
             raise RuntimeError("store transactions do not nest")
+        clock = time.perf_counter
+        queued = clock()
         async with self._local:
             self.stats["transactions"] += 1
-            tx = _Tx(token=await self._acquire())
+            asked = clock()
+            reads = _Reads(self, prefetch)
+            tx = _Tx(token=await self._acquire(reads))
+            taken = clock()
+            reads.apply(tx)
             self._tx, self._tx_task = tx, asyncio.current_task()
             try:
                 yield
@@ -490,10 +780,24 @@ class RedisStore(Store):
                 # Committed even when the body raised: MemoryStore applies writes at once, so
                 # what a failing command wrote before failing stays, and the engine counts on it.
                 self._tx = self._tx_task = None
-                await self._commit(tx)
+                try:
+                    await self._commit(tx)
+                finally:
+                    times = self.lock_times
+                    times["local_wait_s"] += asked - queued
+                    times["lock_wait_s"] += taken - asked
+                    hold = clock() - taken
+                    times["hold_s"] += hold
+                    times["hold_max_s"] = max(times["hold_max_s"], hold)
 
-    async def _acquire(self) -> str:
+    async def _acquire(self, reads: _Reads | None = None) -> str:
+        """Take the lock (making ``reads`` with it); returns the lock's token."""
         token = secrets.token_hex(12)
+        keys = [self._lock_key, self._queue_key]
+        args: list[str | bytes | int] = [token, self._lease_ms, self._instance,
+                                 round(self._acquire_timeout_s * 1000), int(self._wakeups)]
+        if reads is not None:
+            reads.encode(keys, args)
         lua = self._lua()
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._acquire_timeout_s
@@ -503,15 +807,16 @@ class RedisStore(Store):
             self._wake.clear()
             self.stats["lock_attempts"] += 1
             try:
-                got = await self._io(lua.acquire(
-                    keys=[self._lock_key, self._queue_key],
-                    args=[token, self._lease_ms, self._instance,
-                          round(self._acquire_timeout_s * 1000), int(self._wakeups)]))
+                got = await self._io(lua.acquire(keys=keys, args=args))
             except asyncio.CancelledError:
                 # Redis may have given us the lock before the cancel arrived: hand it back now
                 # rather than stall every process until the lease runs out.
                 self._hand_back(token)
                 raise
+            if isinstance(got, list):
+                assert reads is not None
+                reads.replies = got[1:]
+                return token
             if got:
                 return token
             left = give_up - loop.time()
@@ -555,12 +860,13 @@ class RedisStore(Store):
         counters' increments)."""
         keys = [self._lock_key, self._committed_key, self._queue_key]
         args: list[str | bytes | int] = [tx.token, self._instance, self._wake_prefix]
+        ops: list[str | bytes | int] = []
 
         def op(command: str, key: str, items: Sequence[str | bytes]) -> None:
             if items:
                 keys.append(key)
-                args.extend((command, len(keys), len(items)))
-                args.extend(items)
+                ops.extend((command, len(keys), len(items)))
+                ops.extend(items)
 
         def flat(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> list[str | bytes]:
             return [x for pair in pairs for x in pair]
@@ -579,6 +885,16 @@ class RedisStore(Store):
         if tx.acked_upto is not None:
             op("zremrangebyscore", self._outbox_key, ["-inf", str(tx.acked_upto)])
         op("zadd", self._outbox_key, flat((str(e.seq), raw) for e, raw in tx.outbox))
+        if tx.unstamped:
+            keys.append(self._outbox_key)
+            op("stamp", self._prefix + "seq:event",
+               [str(len(keys)), str(int(time.time() * 1_000_000)), *tx.unstamped])
+        op("hset", self._followups_key, flat(tx.followups.items()))
+        op("hdel", self._shown_key, sorted(t for t, p in tx.shown.items() if p is None))
+        op("hset", self._shown_key,
+           flat((t, str(p)) for t, p in tx.shown.items() if p is not None))
+        if ops:
+            args.append(_blob(ops))
         return keys, args
 
     # ------------------------------------------------------------------ sorted-set reads
@@ -618,7 +934,7 @@ class RedisStore(Store):
         return present
 
     async def _zcard(self, key: str) -> int:
-        count = int(await self._io(self._client().zcard(key)))
+        count = await self._size(key, "zcard")
         view = self._zread(key)
         if view is None:
             return count
@@ -634,7 +950,10 @@ class RedisStore(Store):
         lua = self._lua()
         if member in view.adds:
             score = view.adds[member]
-            below = int(await self._io(lua.count_below(keys=[key], args=[_score(score), member])))
+            found = await self._io(lua.count_below(keys=[key], args=[_score(score), member]))
+            below = int(found[0])
+            # Its Redis score too, which the overlay needs next (one request, not two).
+            view.base.setdefault(member, None if found[1] is None else float(found[1]))
         else:
             found = await self._io(lua.rank_score(keys=[key], args=[member]))
             if found is None:
@@ -651,18 +970,16 @@ class RedisStore(Store):
             raise ValueError("ranges are non-negative ranks")
         if stop <= start:
             return []
-        client = self._client()
         view = self._zread(key)
         if view is None:
-            return _pairs(await self._io(client.zrange(key, start, stop - 1, withscores=True)))
+            return await self._zwindow(key, start, stop)
         hidden = await self._hidden(key, view)
         adds = sorted((s, m) for m, s in view.adds.items())
         # A Redis member at rank i has merged rank between i - len(hidden) and i + len(adds),
         # so merged ranks [start, stop) all come from Redis ranks [lo, hi).
         lo = max(0, start - len(adds))
         hi = stop + len(hidden)
-        window = [(s, m) for m, s in
-                  _pairs(await self._io(client.zrange(key, lo, hi - 1, withscores=True)))]
+        window = [(s, m) for m, s in await self._zwindow(key, lo, hi)]
         if lo > 0 and not window:
             return []  # Redis holds at most lo members: the merged set ends before start
         if lo == 0:
@@ -681,6 +998,25 @@ class RedisStore(Store):
         # so such an add always falls beyond the slice taken here.
         begin = start - first_rank
         return [(m, s) for s, m in merged[begin : stop - first_rank]]
+
+    async def _zwindow(self, key: str, start: int, stop: int) -> list[tuple[str, float]]:
+        """Redis's members ranked ``start`` to ``stop`` (exclusive), from what was read with
+        the lock if that covers them, else from Redis."""
+        tx = self._current()
+        seen = tx.seen_ranges.get(key) if tx is not None else None
+        if seen is not None and stop <= seen[0]:
+            return seen[1][start:stop]
+        return _pairs(await self._io(self._client().zrange(key, start, stop - 1,
+                                                           withscores=True)))
+
+    async def _size(self, key: str, command: str) -> int:
+        """ZCARD or SCARD of Redis's copy, from what was read with the lock if it was."""
+        tx = self._current()
+        if tx is not None and key in tx.seen_sizes:
+            return tx.seen_sizes[key]
+        client = self._client()
+        request = client.zcard(key) if command == "zcard" else client.scard(key)
+        return int(await self._io(request))
 
     async def _zupto(self, key: str, max_score: float, limit: int) -> list[tuple[str, float]]:
         if limit <= 0:
@@ -703,7 +1039,7 @@ class RedisStore(Store):
         return view if view is not None and (view.adds or view.removes) else None
 
     async def _scard(self, key: str) -> int:
-        count = int(await self._io(self._client().scard(key)))
+        count = await self._size(key, "scard")
         view = self._setread(key)
         if view is None:
             return count
@@ -721,6 +1057,10 @@ class RedisStore(Store):
         return bool(got)
 
     async def next_seq(self, name: str) -> int:
+        tx = self._current()
+        taken = tx.reserved.get(name) if tx is not None else None
+        if taken:
+            return taken.pop(0)  # reserved with the lock (Prefetch.seqs)
         return await self._reserve(name, 1)
 
     async def _reserve(self, name: str, count: int) -> int:
@@ -744,6 +1084,13 @@ class RedisStore(Store):
         tx.counts[key] = tx.counts.get(key, 0) + 1
         return tx.count_base[key] + tx.counts[key]
 
+    @_writes
+    async def bump(self, name: str) -> None:
+        # An increment whose result nobody reads: no GET first (the commit's INCRBY counts).
+        key = self._count_key(name)
+        tx = self._need()
+        tx.counts[key] = tx.counts.get(key, 0) + 1
+
     async def counter_get(self, name: str) -> int:
         return (await self.counters_get([name]))[0]
 
@@ -762,7 +1109,9 @@ class RedisStore(Store):
     async def get_ticket(self, ticket_id: str) -> Ticket | None:
         tx = self._current()
         raw: bytes | str | None = tx.tickets.get(ticket_id) if tx is not None else None
-        if raw is None:
+        if raw is None and tx is not None and ticket_id in tx.seen_tickets:
+            raw = tx.seen_tickets[ticket_id]
+        elif raw is None:
             raw = await self._io(self._client().hget(self._tickets_key, ticket_id))
         return None if raw is None else Ticket.from_dict(orjson.loads(raw))
 
@@ -773,7 +1122,9 @@ class RedisStore(Store):
     async def get_clerk(self, clerk_id: str) -> Clerk | None:
         tx = self._current()
         raw: bytes | str | None = tx.clerks.get(clerk_id) if tx is not None else None
-        if raw is None:
+        if raw is None and tx is not None and clerk_id in tx.seen_clerks:
+            raw = tx.seen_clerks[clerk_id]
+        elif raw is None:
             raw = await self._io(self._client().hget(self._clerks_key, clerk_id))
         return None if raw is None else Clerk.from_dict(orjson.loads(raw))
 
@@ -838,8 +1189,10 @@ class RedisStore(Store):
         await self._zadd(self._ready(key), ticket_id, score)
 
     @_writes
-    async def ready_remove(self, key: str, ticket_id: str) -> bool:
-        return await self._zrem(self._ready(key), ticket_id)
+    async def ready_remove(self, key: str, ticket_id: str) -> None:
+        # Blind: whether it was there is not asked, so its Redis score is fetched only if a
+        # later read of the set in this transaction needs it (usually none does).
+        self._need().zview(self._ready(key)).remove(ticket_id)
 
     async def ready_range(self, key: str, start: int, stop: int) -> list[tuple[str, float]]:
         return await self._zrange(self._ready(key), start, stop)
@@ -873,11 +1226,28 @@ class RedisStore(Store):
     async def duty_count(self, matter_id: str) -> int:
         return await self._scard(self._duty(matter_id))
 
+    # ------------------------------------------------------------------ shown positions
+    @_writes
+    async def shown_set(self, ticket_id: str, position: int | None) -> None:
+        self._need().shown[ticket_id] = position
+
+    async def positions_shown(self, key: str, ticket_ids: Sequence[str] | None = None,
+                              ) -> list[tuple[str, int, int]]:
+        # Committed state only, like every read outside a transaction: one script, no lock.
+        if ticket_ids is not None and not ticket_ids:
+            return []
+        flat = await self._io(self._lua().positions(
+            keys=[self._queue(key), self._shown_key], args=list(ticket_ids or [])))
+        return [(_text(flat[i]), int(flat[i + 1]), int(flat[i + 2]))
+                for i in range(0, len(flat), 3)]
+
     # ------------------------------------------------------------------ handle times
     async def get_handle_time(self, matter_id: str) -> float | None:
         tx = self._current()
         if tx is not None and matter_id in tx.handle:
             return tx.handle[matter_id]
+        if tx is not None and matter_id in tx.seen_handle:
+            return tx.seen_handle[matter_id]
         raw = await self._io(self._client().hget(self._handle_key, matter_id))
         return None if raw is None else float(raw)
 
@@ -911,6 +1281,11 @@ class RedisStore(Store):
         stamped = [e.with_seq(first + i) for i, e in enumerate(events)]
         self._need().outbox.extend((e, _event_bytes(e)) for e in stamped)
         return stamped
+
+    @_writes
+    async def outbox_add(self, events: Sequence[HallEvent]) -> None:
+        # Numbered by the commit script, under the lock: no INCRBY round trip per command.
+        self._need().unstamped.extend(_unstamped_bytes(e) for e in events)
 
     async def outbox_peek(self, limit: int) -> list[HallEvent]:
         if limit <= 0:
@@ -947,4 +1322,28 @@ class RedisStore(Store):
             return int(await self._io(client.zcard(self._outbox_key)))
         low = "-inf" if tx.acked_upto is None else f"({tx.acked_upto}"
         committed = int(await self._io(client.zcount(self._outbox_key, low, "+inf")))
-        return committed + len(tx.outbox)
+        return committed + len(tx.outbox) + len(tx.unstamped)
+
+    # ------------------------------------------------------------------ follow-ups
+    @_writes
+    async def followup_add(self, key: str, data: dict[str, Any]) -> None:
+        # Committed with the command that made the work due, like its events.
+        self._need().followups[key] = orjson.dumps(data, default=str)
+
+    async def followup_peek(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        # A hash has no order; the follow-ups pending at once are few (they pile up only
+        # while the records database is down), so one HGETALL is the cheapest read.
+        raw = cast(dict[bytes, bytes],
+                   await self._io(self._client().hgetall(self._followups_key)))
+        pending = {_text(k): v for k, v in raw.items()}
+        tx = self._current()
+        if tx is not None:
+            pending.update(tx.followups)
+        return [(k, orjson.loads(v)) for k, v in sorted(pending.items())][: max(0, limit)]
+
+    async def followup_ack(self, key: str) -> None:
+        # Straight to Redis, like outbox_ack: the work is done, nothing is waiting on a lock.
+        tx = self._current()
+        if tx is not None:
+            tx.followups.pop(key, None)
+        await self._io(self._client().hdel(self._followups_key, key))

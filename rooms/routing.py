@@ -21,7 +21,8 @@ from rooms.queues import clerk_key, matter_key, wide_key
 from rooms.store import Store
 from rooms.tickets import Ticket
 
-_CHUNK = 8
+# Members read at a time from an ordered set (skips are rare: nearly always one read).
+CHUNK = 8
 
 
 def primary_pool(matter_id: str) -> str:
@@ -98,10 +99,10 @@ async def _first_unskipped(
     fetched a few at a time (skips are rare, so this nearly always reads one chunk)."""
     start = 0
     while True:
-        chunk = await fetch(start, start + _CHUNK)
+        chunk = await fetch(start, start + CHUNK)
         for member, score in chunk:
             if not is_skipped(skips, member, now):
                 return member, score
-        if len(chunk) < _CHUNK:
+        if len(chunk) < CHUNK:
             return None
-        start += _CHUNK
+        start += CHUNK

@@ -13,6 +13,7 @@ ready_*              the dispatchable subset of a queue          sorted set, sco
 idle_*               available clerks per matter, by idle-since  sorted set, score = idle since
 timer_*              deadlines (offer timeout, wrap-up, grace…)  sorted set, score = deadline
 outbox_*             event-log lines not yet in the records DB   stream / list
+followup_*           work due outside the store (case filing)    hash, field = key
 next_seq, incr       monotonic and plain counters                INCR / GET
 ===================  ==========================================  ===========================
 
@@ -29,12 +30,34 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rooms.clerks import Clerk
     from rooms.events import HallEvent
     from rooms.tickets import Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """What an engine command will read first (:meth:`Store.transaction`). A hint only: a
+    read not named here is made as usual, and one named but not made costs a few bytes."""
+
+    tickets: Sequence[str] = ()
+    clerks: Sequence[str] = ()
+    held: Sequence[str] = ()  # clerk ids: the ticket each holds (clerk.ticket_id)
+    seqs: Sequence[str] = ()  # next_seq counters it takes a number of (unused: a gap)
+    handle_times: Sequence[str] = ()  # matter ids: get_handle_time
+    queue_lens: Sequence[str] = ()  # queue keys: queue_len
+    duty_counts: Sequence[str] = ()  # matter ids: duty_count
+    counters: Sequence[str] = ()  # incr counter names
+    # (key, stop): the first ``stop`` members, for queue_range / ready_range / idle_range
+    queue_heads: Sequence[tuple[str, int]] = ()
+    ready_heads: Sequence[tuple[str, int]] = ()
+    idle_heads: Sequence[tuple[str, int]] = ()
+    # (queue key, ticket id): whether and where the ticket is in the queue (it may leave it)
+    queue_scores: Sequence[tuple[str, str]] = ()
 
 
 class Store(abc.ABC):
@@ -52,8 +75,11 @@ class Store(abc.ABC):
         """True if the store answers now; never raises (for /readyz)."""
 
     @abc.abstractmethod
-    def transaction(self) -> AbstractAsyncContextManager[None]:
-        """Serialise one engine command against every other (across processes for Redis)."""
+    def transaction(self, prefetch: Prefetch | None = None,
+                    ) -> AbstractAsyncContextManager[None]:
+        """Serialise one engine command against every other (across processes for Redis).
+        ``prefetch``: what the command will read first, which a store may fetch together
+        with the lock (Redis: one round trip instead of one per read)."""
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Whether ``holder`` holds (took or renewed) the lease ``name`` for ``ttl_s``: work
@@ -68,6 +94,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def incr(self, name: str) -> int:
         """Return the next value of a plain counter starting at 1 (display numbers)."""
+
+    async def bump(self, name: str) -> None:
+        """:meth:`incr` when the new value is not needed (the day's statistics): a store may
+        then skip reading the counter."""
+        await self.incr(name)
 
     @abc.abstractmethod
     async def counter_get(self, name: str) -> int:
@@ -119,12 +150,31 @@ class Store(abc.ABC):
     async def queue_range(self, key: str, start: int, stop: int) -> list[str]:
         """Ticket ids ranked ``start`` (inclusive) to ``stop`` (exclusive)."""
 
+    # -- shown positions: what each waiting resident was last told (never rises) ---------------
+    # Kept apart from the ticket records so that reading positions takes no lock: the
+    # position pusher reads a whole queue's positions in one step of the store, without the
+    # engine's transaction (docs/architecture.md, "Redis mode under load").
+    @abc.abstractmethod
+    async def shown_set(self, ticket_id: str, position: int | None) -> None:
+        """In an engine transaction: the position a ticket was shown as it joined a queue;
+        None forgets it (the ticket moved to another queue, or left)."""
+
+    @abc.abstractmethod
+    async def positions_shown(self, key: str, ticket_ids: Sequence[str] | None = None,
+                              ) -> list[tuple[str, int, int]]:
+        """Outside any transaction, as one atomic step: ``(ticket_id, shown, actual)`` of the
+        given tickets of queue ``key`` that are in it (None: all of them, in queue order):
+        ``actual`` is the rank + 1, ``shown`` the smaller of that and the position last shown,
+        which is recorded. So a shown position never rises, whoever reads it, and no lock is
+        taken."""
+
     # -- dispatchable tickets: per matter, and per named clerk (direct transfers) ----------------
     @abc.abstractmethod
     async def ready_add(self, key: str, ticket_id: str, score: float) -> None: ...
 
     @abc.abstractmethod
-    async def ready_remove(self, key: str, ticket_id: str) -> bool: ...
+    async def ready_remove(self, key: str, ticket_id: str) -> None:
+        """Idempotent; says nothing of whether it was there (so a store need not look)."""
 
     @abc.abstractmethod
     async def ready_range(self, key: str, start: int, stop: int) -> list[tuple[str, float]]:
@@ -179,6 +229,12 @@ class Store(abc.ABC):
     async def outbox_append(self, events: Sequence[HallEvent]) -> list[HallEvent]:
         """Assign each event its ``seq`` (monotonic) and keep it until acknowledged."""
 
+    async def outbox_add(self, events: Sequence[HallEvent]) -> None:
+        """:meth:`outbox_append` when the stamped events are not needed (the engine): a store
+        may then number them as the transaction commits (Redis: no round trip of its own).
+        Inside a transaction, :meth:`outbox_peek` need not show them before the commit."""
+        await self.outbox_append(events)
+
     @abc.abstractmethod
     async def outbox_peek(self, limit: int) -> list[HallEvent]:
         """The oldest unacknowledged events, in ``seq`` order."""
@@ -189,4 +245,22 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def outbox_len(self) -> int: ...
+
+    # -- follow-up outbox -----------------------------------------------------------------------
+    # Work outside the store that a command makes due (filing the 办不成事 case of an
+    # "unresolved" outcome in the records database): written in the command's transaction, so
+    # it survives a crash of the process that ran the command, and kept until the shell that
+    # does the work acknowledges it. Keyed, so the same work is due once however often it is
+    # added; the worker must be idempotent by key (it may run again after a crash before ack).
+    @abc.abstractmethod
+    async def followup_add(self, key: str, data: dict[str, Any]) -> None:
+        """Keep ``data`` under ``key`` until :meth:`followup_ack` (replaces a pending one)."""
+
+    @abc.abstractmethod
+    async def followup_peek(self, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``limit`` pending follow-ups, oldest first where the store can tell."""
+
+    @abc.abstractmethod
+    async def followup_ack(self, key: str) -> None:
+        """The work of ``key`` is done: forget it (no-op if it is not pending)."""
 

@@ -107,6 +107,7 @@ class Ticket:
     told_next: bool = False
     widened: bool = False
     transfers: int = 0
+    transfer_note: str | None = None  # the last transferring clerk's note, for the next
     requeues: int = 0
     disconnected_at: float | None = None
     outcome: str | None = None

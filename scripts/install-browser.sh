@@ -11,14 +11,24 @@ set -eu
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 
 # nginx: tests/test_deploy.py runs deploy/nginx.conf for real in front of a local cluster.
-PACKAGES="chromium fonts-noto-cjk nginx"
+# coturn: tests/test_turn.py starts its own `turnserver` (tests/turnproc.py: free ports, a tmp
+# config, never the package's service or /etc/turnserver.conf) and relays calls through it.
+# prometheus: tests/test_metrics.py runs promtool over deploy/prometheus/ and a private
+# prometheus (free port, tmp config and storage, never the package's service) scraping a hall.
+PACKAGES="chromium fonts-noto-cjk nginx coturn prometheus"
 
 have_font() {
     dpkg-query -W -f='${Status}' fonts-noto-cjk 2>/dev/null | grep -q "install ok installed"
 }
 
-if [ -x "$CHROMIUM" ] && have_font && command -v nginx >/dev/null 2>&1; then
-    echo "install-browser: $CHROMIUM, a CJK font and nginx are already installed; nothing to do"
+have_program() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
+}
+
+if [ -x "$CHROMIUM" ] && have_font && have_program nginx && have_program turnserver \
+        && have_program prometheus && have_program promtool; then
+    echo "install-browser: $CHROMIUM, a CJK font, nginx, coturn and prometheus are already" \
+         "installed; nothing to do"
     exit 0
 fi
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import jinja2
 from aiohttp import web
 
-from rooms.aio import stop_tasks
+from rooms.aio import retry_forever, stop_tasks
 from rooms.casebook import CaseBook
 from rooms.catalog import ServiceHours, load_catalog
 from rooms.clock import SystemClock
@@ -30,6 +31,7 @@ from rooms.events import HallEvent
 from rooms.file_index_db import DatabaseFileIndex
 from rooms.files import FileLimits, LocalBlobStore, SessionFiles
 from rooms.hall import Hall
+from rooms.lost_state import close_lost_tickets
 from rooms.memory_store import MemoryStore
 from rooms.prereview_book import PreReviewBook
 from rooms.records import RecordsDB
@@ -40,7 +42,11 @@ from rooms.store import Store
 from server import keys
 from server.auth_routes import setup_auth
 from server.config import Settings
+from server.csrf import csrf_middleware
 from server.file_routes import setup_file_routes
+from server.forwarded import proxy_networks, socketio_origin_check
+from server.http_limits import body_timeout_middleware, server_options
+from server.metrics import setup_metrics
 from server.pages import default_vendor_dir, missing_vendor_files, setup_pages
 from server.prereview_routes import correction_list
 from server.routes import setup_routes
@@ -48,6 +54,7 @@ from signaling.case_desk import CaseDesk
 from signaling.hub import HubConfig, SignalingHub
 from signaling.hub_state import HubState, MemoryHubState
 from signaling.prereview_desk import PreReviewDesk
+from signaling.ratelimit import RateLimits
 from signaling.redis_hub_state import RedisHubState
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,12 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
 
     app = web.Application()
     app[keys.SETTINGS] = settings
+    if settings.public_url_setting is None and not demo:
+        log.warning("HALL_PUBLIC_URL is not set: printed links and QR codes use %s, which "
+                    "residents may not reach", settings.public_url)
+    # Slow request bodies are cut (server/http_limits.py); slow headers by the runner's
+    # keep-alive timer (server_options).
+    app.middlewares.append(body_timeout_middleware(settings.http_body_timeout_s))
     app[keys.CATALOG] = catalog
     app[keys.DEMO_PASSWORD] = _demo_password(settings) if demo else None
     app[keys.TEMPLATES] = jinja2.Environment(
@@ -70,6 +83,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, in tests
     )
     setup_auth(app, settings, catalog, demo=demo, demo_password=app[keys.DEMO_PASSWORD])
+    app.middlewares.append(csrf_middleware(settings.allowed_origins, proxy_networks(settings)))
     store: Store
     state: HubState
     if settings.redis_url is None:
@@ -87,8 +101,9 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     app[keys.HALL] = hall
 
     async def log_file_event(event: HallEvent) -> None:
-        # The same outbox as the queue's events: the records writer takes them to the DB.
-        await store.outbox_append([event])
+        # The same outbox as the queue's events: the records writer takes them to the DB,
+        # with the ticket's clerk, matter, department and channel (reports group by them).
+        await store.outbox_append([await hall.with_ticket_fields(event)])
 
     app[keys.FILES] = SessionFiles(
         LocalBlobStore(settings.data_dir / "files"), DatabaseFileIndex(records), FileLimits(),
@@ -102,12 +117,16 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
         throttle=app[keys.THROTTLE],
         config=HubConfig(
             auth_timeout_s=settings.auth_timeout_s,
+            max_unauthenticated_per_address=settings.max_unauthenticated_per_address,
             resume_grace_s=settings.resume_grace_s,
             allowed_origins=settings.allowed_origins,
+            origin_check=socketio_origin_check(settings.allowed_origins,
+                                               proxy_networks(settings)),
             stun_urls=settings.stun_urls,
             turn_urls=settings.turn_urls,
             turn_secret=settings.turn_secret,
             turn_ttl_s=settings.turn_ttl_s,
+            rate_limits=RateLimits() if settings.rate_limits else None,
         ),
         prereviews=PreReviewDesk(hall, app[keys.PREREVIEWS], app[keys.FILES]),
         cases=CaseDesk(CaseBook(records), hall),
@@ -119,9 +138,10 @@ def create_app(settings: Settings, *, demo: bool = False) -> web.Application:
     app.router.add_get("/corrections/{review_id}", correction_list)
     app.cleanup_ctx.extend(
         [_store_ctx, _records_ctx, _writer_ctx, _hall_ctx, _runner_ctx, _hub_ctx,
-         _file_sweep_ctx, _case_sweep_ctx]
+         _case_filer_ctx, _file_sweep_ctx, _case_sweep_ctx]
     )
     setup_routes(app)
+    setup_metrics(app)  # after the routes: behind a proxy it needs the client address
     app[keys.VENDOR_DIR] = settings.vendor_dir or default_vendor_dir()
     missing = missing_vendor_files(app[keys.VENDOR_DIR])
     if missing:
@@ -183,7 +203,27 @@ def _log_writer_exit(task: asyncio.Task[None]) -> None:
 
 async def _hall_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[keys.HALL].start()
+    # An embedded hall starts with an empty store by definition, and a Redis may have come
+    # back empty while no process ran: tickets of the previous run still open in the log are
+    # closed there now (state_lost); again whenever the hub finds Redis emptied.
+    task = asyncio.create_task(_close_lost_tickets(app, "startup"), name="state-lost")
+    app[keys.HUB].on_state_lost = lambda: _close_lost_tickets(app, "store_lost")
     yield
+    await stop_tasks([task])
+
+
+async def _close_lost_tickets(app: web.Application, detected: str) -> None:
+    """Close in the log the tickets the live store lost (rooms.lost_state): one process of
+    several does it (a lease), retried with backoff until the records database answers."""
+    store, hub = app[keys.STORE], app[keys.HUB]
+
+    async def close() -> None:
+        if await store.lease("state-lost", hub.state.process_id, 30.0):
+            await close_lost_tickets(store, app[keys.RECORDS], now=time.time(),
+                                     detected=detected)
+
+    await retry_forever(close, what="closing tickets whose live state was lost",
+                        interval_s=0.5, max_backoff_s=10.0, once=True, log=log)
 
 
 async def _runner_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -243,3 +283,27 @@ async def _sweep_cases(app: web.Application) -> None:
 
 _file_sweep_ctx = _every(3600, "file retention sweep", _sweep_files)
 _case_sweep_ctx = _every(60, "case deadline sweep", _sweep_cases)
+
+
+async def _case_filer_ctx(app: web.Application) -> AsyncIterator[None]:
+    """办不成事 cases that "unresolved" outcomes made due (the store's follow-up outbox) are
+    filed in the records database by one process of several (a lease), at once when an
+    outcome wakes it, and retried with backoff while the database is down."""
+    hub, store = app[keys.HUB], app[keys.STORE]
+
+    async def file_due() -> None:
+        if await store.lease("case-filer", hub.state.process_id, 15.0):
+            await hub.file_pending_cases()
+
+    task = asyncio.create_task(
+        retry_forever(file_due, what="filing 办不成事 cases", interval_s=1.0,
+                      max_backoff_s=5.0, wake=hub.cases_due, log=log),
+        name="case-filer")
+    yield
+    await stop_tasks([task])
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """A runner with the options ``hall serve`` gives ``web.run_app`` (header timeout, the
+    redacting access log), for tests and embedders that serve the app themselves."""
+    return web.AppRunner(app, **server_options(app[keys.SETTINGS]))

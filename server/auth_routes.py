@@ -6,10 +6,12 @@
   token as the app's identity provider would sign it.
 
 Answers are ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code", "message"}}`` with
-400 ``invalid_payload``, 401 ``unauthenticated`` or 429 ``too_many_attempts`` (and a
-``Retry-After`` header). Failed credentials count against the client's address
-(:class:`~signaling.throttle.FailureThrottle`); the check comes before the (argon2)
-verification, so a throttled address costs the hall no CPU.
+400 ``invalid_payload``, 401 ``unauthenticated`` or 429 ``too_many_attempts`` (with a
+``Retry-After`` header and ``retry_after_s`` in the error). Failed credentials count against
+the account and the client's address (:class:`~signaling.throttle.AuthThrottle`, its counters
+in the :class:`~signaling.auth_state.AuthState` that every process shares); the check comes
+before the (argon2) verification, so a throttled attempt costs the hall no CPU. Content-Type
+and Origin are checked before any of this, by :mod:`server.csrf`.
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ from pydantic import ValidationError as PydanticValidationError
 
 from rooms.catalog import Catalog
 from rooms.errors import AuthError, ThrottledError
+from rooms.logsafe import safe_log
 from server import keys
 from server.config import Settings
 from signaling.accounts import AccountBook, KioskKeys
+from signaling.auth_state import AuthState, MemoryAuthState, RedisAuthState
 from signaling.identity import (
     AppIdentityVerifier,
     DevIdentitySigner,
     Principal,
     TokenService,
 )
-from signaling.throttle import FailureThrottle
+from signaling.throttle import AuthThrottle
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,17 @@ def setup_auth(
     if secret_key is None:
         raise ValueError("setup_auth needs resolved settings (HALL_SECRET_KEY)")
 
-    app[keys.TOKENS] = TokenService(secret_key, ttl_s=settings.token_ttl_s)
+    # Revoked tokens and throttle counters: one process's memory, or Redis shared by all.
+    auth_state: AuthState = (
+        MemoryAuthState() if settings.redis_url is None
+        else RedisAuthState(settings.redis_url, prefix=settings.redis_prefix))
+
+    async def close_auth_state(app: web.Application) -> None:
+        await auth_state.close()
+
+    app.on_cleanup.append(close_auth_state)
+    app[keys.TOKENS] = TokenService(secret_key, ttl_s=settings.token_ttl_s,
+                                    revocations=auth_state)
 
     if settings.accounts_file is not None:
         accounts = AccountBook.from_file(settings.accounts_file, catalog)
@@ -120,8 +134,9 @@ def setup_auth(
         dev_signer = DevIdentitySigner(idp_key, issuer=settings.app_idp_issuer)
     app[keys.DEV_SIGNER] = dev_signer
 
-    app[keys.THROTTLE] = FailureThrottle(
-        limit=settings.login_failure_limit, window_s=settings.login_failure_window_s
+    app[keys.THROTTLE] = AuthThrottle(
+        auth_state, limit=settings.login_failure_limit,
+        window_s=settings.login_failure_window_s,
     )
 
     app.router.add_post("/api/auth/login", login, name="auth_login")
@@ -185,29 +200,41 @@ def _address(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
+def throttled(exc: ThrottledError) -> web.Response:
+    """429 with ``Retry-After`` and ``retry_after_s`` (whole seconds, at least 1)."""
+    retry_after = max(1, math.ceil(exc.retry_after_s))
+    return web.json_response(
+        {"ok": False, "error": {"code": exc.code, "message": exc.message,
+                                "retry_after_s": retry_after}},
+        status=429, dumps=_dumps, headers={**_NO_STORE, "Retry-After": str(retry_after)})
+
+
 async def _authenticate(
     request: web.Request,
     model: type[_M],
+    account: Callable[[_M], str],
     verify: Callable[[_M], Principal],
 ) -> web.Response:
-    """Throttle check, body, verification off the event loop, then a hall token."""
+    """Body, throttle check (of that account from this address), verification off the event
+    loop, then a hall token."""
     throttle = request.app[keys.THROTTLE]
     address = _address(request)
     try:
-        throttle.check(address)
         body = await _body(request, model)
+        who = account(body)
+        await throttle.login_check(who, address)
         try:
             # argon2 takes tens of milliseconds of CPU: keep the event loop free meanwhile.
             principal = await asyncio.to_thread(verify, body)
         except AuthError:
-            throttle.failed(address)
-            log.info("auth: %s failed from %s", request.path, address)
+            await throttle.login_failed(who, address)
+            log.info("auth: %s failed from %s", safe_log(request.path), safe_log(address))
             raise
+        await throttle.login_succeeded(who, address)
     except _BadRequest as exc:
         return _error(400, "invalid_payload", exc.message)
     except ThrottledError as exc:
-        retry_after = max(1, math.ceil(exc.retry_after_s))
-        return _error(429, exc.code, exc.message, headers={"Retry-After": str(retry_after)})
+        return throttled(exc)
     except AuthError as exc:
         return _error(401, exc.code, exc.message)
     token, expires_at = request.app[keys.TOKENS].issue(principal)
@@ -221,7 +248,8 @@ async def login(request: web.Request) -> web.Response:
     """``POST /api/auth/login``: a clerk or supervisor trades a password for a hall token."""
     accounts = request.app[keys.ACCOUNTS]
     return await _authenticate(
-        request, LoginBody, lambda b: accounts.verify(b.username, b.password)
+        request, LoginBody, lambda b: "user:" + b.username,
+        lambda b: accounts.verify(b.username, b.password),
     )
 
 
@@ -229,7 +257,8 @@ async def kiosk_login(request: web.Request) -> web.Response:
     """``POST /api/auth/kiosk``: a kiosk trades its device secret for a hall token."""
     kiosks = request.app[keys.KIOSK_KEYS]
     return await _authenticate(
-        request, KioskBody, lambda b: kiosks.verify(b.service_point_id, b.secret)
+        request, KioskBody, lambda b: "kiosk:" + b.service_point_id,
+        lambda b: kiosks.verify(b.service_point_id, b.secret),
     )
 
 

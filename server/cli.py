@@ -23,6 +23,7 @@ from rooms.records import RecordsDB
 from server import keys
 from server.app import create_app
 from server.config import Settings
+from server.http_limits import server_options
 from signaling.accounts import hash_password
 
 log = logging.getLogger("hall")
@@ -140,6 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         print=announce,
         loop=_new_event_loop(),  # None: asyncio's default loop
+        **server_options(settings),  # read timeouts, the redacting access log
     )
     return 0
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from rooms.errors import HallError
 from rooms.policy import QueuePolicy
@@ -140,6 +141,17 @@ def _parse_host(name: str, raw: str) -> str:
     return host
 
 
+def _parse_public_url(name: str, raw: str) -> str:
+    # The origin (and optional path prefix) residents reach the hall at, printed on paper as
+    # a link and QR code: no query, no fragment, no credentials.
+    expected = "an http:// or https:// URL without query or fragment, e.g. https://hall.example"
+    parts = urlsplit(raw.strip())
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+            or parts.fragment or parts.username is not None or raw.strip().endswith("?")):
+        raise _invalid(name, raw, expected)
+    return raw.strip().rstrip("/")
+
+
 def _parse_text(name: str, raw: str) -> str:
     if not raw.strip():
         raise _invalid(name, raw, "a non-empty value")
@@ -246,6 +258,9 @@ class Settings:
     enforce_hours: bool | None = None
     offer_timeout_s: float = 20.0
     max_missed_offers: int = 2
+    # How long a clerk who declined or missed a ticket is not offered it again (None: the
+    # offer timeout).
+    decline_cooldown_s: float | None = None
     wrapup_s: float = 60.0
     wrapup_max_extension_s: float = 300.0
     abandon_grace_s: float = 30.0
@@ -269,13 +284,31 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     # Reverse proxies whose X-Forwarded-For is believed (addresses or CIDR blocks).
     trusted_proxies: tuple[str, ...] = ()
+    # Client addresses (or CIDR blocks) GET /metrics answers; behind a trusted proxy, the
+    # forwarded client address counts (server/forwarded.py).
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
     auth_timeout_s: float = 5.0
+    # Connections from one address still inside auth_timeout_s; more are refused at once.
+    # Generous: a service centre behind one NAT reconnects all its clerks after a restart,
+    # and mobile carriers put many residents behind one address.
+    max_unauthenticated_per_address: int = 200
     resume_grace_s: float = 30.0
     # None: demo accounts with --demo, otherwise nobody can log in.
     accounts_file: Path | None = None
     kiosk_secrets_file: Path | None = None
     login_failure_limit: int = 10
     login_failure_window_s: float = 1800.0
+    # Per-principal event budgets (signaling/ratelimit.py); off only for benchmarks.
+    rate_limits: bool = True
+    # -- HTTP ----------------------------------------------------------------------------
+    # Where residents reach the hall (printed links, QR codes); None: derived from host/port
+    # (the ``public_url`` property).
+    public_url_setting: str | None = None
+    # A request's headers must be complete this long after the connection opened or its last
+    # answer was sent (also the keep-alive idle time); a body may pause this long between
+    # two reads. Slow-loris guards: see server/http_limits.py.
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -312,6 +345,11 @@ class Settings:
                 "HALL_MAX_MISSED_OFFERS",
                 lambda n, r: _parse_int(n, r, minimum=1),
                 d.max_missed_offers,
+            ),
+            decline_cooldown_s=get(
+                "HALL_DECLINE_COOLDOWN_S",
+                lambda n, r: _parse_seconds(n, r, positive=False),
+                d.decline_cooldown_s,
             ),
             wrapup_s=get(
                 "HALL_WRAPUP_S", lambda n, r: _parse_seconds(n, r, positive=True), d.wrapup_s
@@ -373,10 +411,16 @@ class Settings:
             ),
             allowed_origins=get("HALL_ALLOWED_ORIGINS", _parse_origins, d.allowed_origins),
             trusted_proxies=get("HALL_TRUSTED_PROXIES", _parse_proxies, d.trusted_proxies),
+            metrics_allow=get("HALL_METRICS_ALLOW", _parse_proxies, d.metrics_allow),
             auth_timeout_s=get(
                 "HALL_AUTH_TIMEOUT_S",
                 lambda n, r: _parse_seconds(n, r, positive=True),
                 d.auth_timeout_s,
+            ),
+            max_unauthenticated_per_address=get(
+                "HALL_MAX_UNAUTHENTICATED_PER_ADDRESS",
+                lambda n, r: _parse_int(n, r, minimum=1),
+                d.max_unauthenticated_per_address,
             ),
             resume_grace_s=get(
                 "HALL_RESUME_GRACE_S",
@@ -394,6 +438,18 @@ class Settings:
                 "HALL_LOGIN_FAILURE_WINDOW_S",
                 lambda n, r: _parse_seconds(n, r, positive=True),
                 d.login_failure_window_s,
+            ),
+            rate_limits=get("HALL_RATE_LIMITS", _parse_bool, d.rate_limits),
+            public_url_setting=get("HALL_PUBLIC_URL", _parse_public_url, None),
+            http_header_timeout_s=get(
+                "HALL_HTTP_HEADER_TIMEOUT_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.http_header_timeout_s,
+            ),
+            http_body_timeout_s=get(
+                "HALL_HTTP_BODY_TIMEOUT_S",
+                lambda n, r: _parse_seconds(n, r, positive=True),
+                d.http_body_timeout_s,
             ),
         )
 
@@ -452,6 +508,17 @@ class Settings:
         return None
 
     @property
+    def public_url(self) -> str:
+        """HALL_PUBLIC_URL without a trailing slash, or ``http://<host>:<port>`` of the bind
+        address (every-address binds name 127.0.0.1: only right on this machine)."""
+        if self.public_url_setting is not None:
+            return self.public_url_setting
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
     def hours_enforced(self) -> bool:
         """Whether the catalog's service hours apply (unset counts as true)."""
         return self.enforce_hours is not False
@@ -472,6 +539,7 @@ class Settings:
         return QueuePolicy(
             offer_timeout_s=self.offer_timeout_s,
             max_missed_offers=self.max_missed_offers,
+            decline_cooldown_s=self.decline_cooldown_s,
             wrapup_s=self.wrapup_s,
             wrapup_max_extension_s=self.wrapup_max_extension_s,
             abandon_grace_s=self.abandon_grace_s,

@@ -24,7 +24,7 @@ from server.config import Settings
 from signaling.accounts import AccountBook, KioskKeys
 from signaling.hub import SignalingHub
 from signaling.identity import AppIdentityVerifier, DevIdentitySigner, TokenService
-from signaling.throttle import FailureThrottle
+from signaling.throttle import AuthThrottle
 
 SETTINGS = web.AppKey("settings", Settings)
 CATALOG = web.AppKey("catalog", Catalog)
@@ -46,7 +46,7 @@ KIOSK_KEYS = web.AppKey("kiosk_keys", KioskKeys)
 APP_IDENTITY = web.AppKey[AppIdentityVerifier | None]("app_identity")
 # Demo mode only: the stand-in for the app's identity provider.
 DEV_SIGNER = web.AppKey[DevIdentitySigner | None]("dev_signer")
-THROTTLE = web.AppKey("throttle", FailureThrottle)
+THROTTLE = web.AppKey("throttle", AuthThrottle)
 # The Socket.IO hub (signaling); attached to the app when it is created.
 HUB = web.AppKey[SignalingHub]("hub")
 # A ticket's shared files (uploads and snapshots).

@@ -9,18 +9,24 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 import web as web_assets  # the project's templates/static package, not aiohttp.web
 from rooms.catalog import Catalog, Matter, ServiceHours, ServiceKind
-from rooms.errors import StoreUnavailableError
+from rooms.clerks import ClerkState
+from rooms.errors import AuthError, StoreUnavailableError
+from rooms.logsafe import safe_log
 from server import keys
+from server.access_log import redact_target
 from server.forwarded import forwarded_middleware, parse_networks
+from server.pages import PAGE_HEADERS
 from signaling.hub import public_message
+from signaling.identity import Role
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +62,9 @@ async def store_unavailable(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except StoreUnavailableError as err:
-        log.warning("%s %s: %s", request.method, request.path, err)
-        return _json({"error": {"code": err.code, "message": public_message(err)}},
+        log.warning("%s %s: %s", safe_log(request.method),
+                    safe_log(redact_target(request.path, {})), err)  # no secret link
+        return _json({"ok": False, "error": {"code": err.code, "message": public_message(err)}},
                      status=503, no_store=True)
 
 
@@ -161,8 +168,53 @@ async def api_catalog(request: web.Request) -> web.Response:
 
 
 async def api_queues(request: web.Request) -> web.Response:
+    """The live queues, for anyone: counts only (per matter, and clerks per state).
+
+    Names, tickets and break reasons are personal data (a break reason once read as a medical
+    note): nobody gets them here without a login. A clerk's or supervisor's bearer token adds
+    the staff directory the clerk console's transfer form needs (id, name, state), still
+    without tickets or reasons; the full detail is on the supervisors' socket wall.
+    """
+    try:
+        staff = await _staff(request)
+    except AuthError as err:
+        return _json({"ok": False, "error": {"code": err.code, "message": err.message}},
+                     status=401, no_store=True)
     snapshot = await request.app[keys.HALL].snapshot()
-    return _json(snapshot, no_store=True)
+    return _json(public_queues(snapshot, staff=staff), no_store=True)
+
+
+_PUBLIC_MATTER_FIELDS = ("id", "name", "department_id", "queued", "on_duty", "head_wait_s",
+                         "handle_time_s")
+
+
+def public_queues(snapshot: dict[str, Any], *, staff: bool) -> dict[str, Any]:
+    """The public view of :meth:`rooms.hall.Hall.snapshot` (an allow-list, like the catalog's:
+    a field added to the snapshot later is not published until someone decides it should be)."""
+    states = Counter(str(c["state"]) for c in snapshot["clerks"])
+    view: dict[str, Any] = {
+        "at": snapshot["at"],
+        "matters": [{k: m[k] for k in _PUBLIC_MATTER_FIELDS} for m in snapshot["matters"]],
+        "clerk_states": {state.value: states.get(state.value, 0) for state in ClerkState},
+        "active_tickets": snapshot["active_tickets"],
+    }
+    if staff:
+        view["clerks"] = [{"id": c["id"], "name": c["name"], "state": c["state"]}
+                          for c in snapshot["clerks"]]
+    return view
+
+
+async def _staff(request: web.Request) -> bool:
+    """Whether the request carries a clerk's or supervisor's token; AuthError if it carries a
+    credential that is not valid."""
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is None:
+        return False
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise AuthError("send Authorization: Bearer <token>")
+    principal = (await request.app[keys.TOKENS].verify_live(credential.strip())).principal
+    return principal.role in (Role.CLERK, Role.SUPERVISOR)
 
 
 # -- pages -------------------------------------------------------------------------------------
@@ -224,4 +276,5 @@ async def index(request: web.Request) -> web.Response:
         point_count=len(catalog.service_points),
         street_count=len(catalog.streets),
     )
-    return web.Response(text=html, content_type="text/html", charset="utf-8")
+    return web.Response(text=html, content_type="text/html", charset="utf-8",
+                        headers=PAGE_HEADERS)

@@ -6,7 +6,8 @@ This module holds the rules about people:
 * residents (app) file cases under their own identity and see only their own; a kiosk files
   anonymously and the resident gets a claim code to look the case up later;
 * a clerk's "unresolved" outcome files a case for the resident automatically;
-* supervisors assign cases to a department or handler, and see the overdue list;
+* supervisors assign cases to a department or handler, and see the overdue list (a
+  department supervisor: the cases of its departments only, :mod:`signaling.scope`);
 * a clerk may start and resolve cases assigned to them or to a department they serve;
 * the reporter confirms (closes) or reopens with a reason.
 """
@@ -19,11 +20,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rooms.casebook import CaseBook
-from rooms.cases import Case, CaseSource
-from rooms.errors import ForbiddenError, NotFoundError, ValidationError
+from rooms.cases import Case, CaseSource, PendingCase
+from rooms.errors import ForbiddenError, HallError, NotFoundError, ValidationError
 from rooms.hall import Hall
 from rooms.tickets import Ticket
 from signaling.identity import Principal, Role
+from signaling.scope import scope_of
 
 STAFF_ACTIONS = frozenset({"assign", "start", "resolve"})
 REPORTER_ACTIONS = frozenset({"confirm", "reopen"})
@@ -80,16 +82,38 @@ class CaseDesk:
         return case
 
     async def file_from_outcome(self, ticket: Ticket, reporter: str | None, now: float) -> Case:
-        """A clerk closed a ticket as "unresolved": the case is filed for the resident."""
+        """A clerk closed a ticket as "unresolved": the case is filed for the resident
+        (once: see :meth:`file_pending`)."""
+        resident = reporter.partition(":")[2] if reporter else None
+        return await self.file_pending(PendingCase(
+            ticket_id=ticket.id, matter_id=ticket.matter_id,
+            department_id=ticket.department_id, reason=ticket.outcome_reason,
+            clerk_id=ticket.clerk_id, resident_id=resident,
+            service_point_id=ticket.service_point_id, at=now))
+
+    async def file_pending(self, pending: PendingCase) -> Case:
+        """File the case an "unresolved" outcome made due, exactly once: its id comes from
+        the ticket, so a second attempt (the first one committed, then its outbox entry was
+        not acknowledged; or two processes at once) returns the case already filed."""
+        try:
+            return await self.book.get(pending.case_id)
+        except NotFoundError:
+            pass
+        reporter = f"{Role.RESIDENT}:{pending.resident_id}" if pending.resident_id else None
         case = Case.new(
-            id=secrets.token_hex(8), number=await self._new_number(now),
-            matter_id=ticket.matter_id, department_id=ticket.department_id,
+            id=pending.case_id, number=await self._new_number(pending.at),
+            matter_id=pending.matter_id, department_id=pending.department_id,
             source=CaseSource.CLERK_OUTCOME, reporter=reporter,
-            description=ticket.outcome_reason or "办理未完成", now=now,
-            actor=f"clerk:{ticket.clerk_id}" if ticket.clerk_id else "hall",
-            ticket_id=ticket.id, policy=self.book.policy,
+            description=pending.reason or "办理未完成", now=pending.at,
+            actor=f"clerk:{pending.clerk_id}" if pending.clerk_id else "hall",
+            ticket_id=pending.ticket_id, policy=self.book.policy,
         )
-        await self.book.file(case)
+        try:
+            await self.book.file(case)
+        except HallError as exc:
+            if exc.code != "conflict":
+                raise
+            return await self.book.get(pending.case_id)  # filed meanwhile by someone else
         return case
 
     async def act(self, principal: Principal, case_id: str, action: str, *,
@@ -120,6 +144,9 @@ class CaseDesk:
 
     def _check_staff(self, principal: Principal, case: Case, action: str) -> None:
         if principal.role == Role.SUPERVISOR:
+            # A department supervisor acts on its departments' cases only (signaling.scope).
+            scope_of(self.hall.catalog, principal).check_department(case.department_id,
+                                                                    "this case")
             return
         if principal.role == Role.CLERK and action != "assign":
             profile = self.hall.catalog.clerks.get(principal.subject)

@@ -32,6 +32,10 @@ from signaling.sessions import MediaSession
 OUTBOX_LIMIT = 2000  # messages kept per participant for replay
 CHAT_LIMIT = 500
 NOTES_LIMIT = 200
+# The chat of a transferred ticket, until its session with the receiving clerk opens: how
+# long (Redis) and for how many tickets at most (one process).
+KEPT_CHAT_S = 24 * 3600
+KEPT_CHAT_LIMIT = 10_000
 
 # A message for a participant whose socket another process holds: (participant, seq, event,
 # payload with its seq); a "kick" asks that process to drop a socket replaced elsewhere.
@@ -42,6 +46,12 @@ Entry = tuple[int, str, dict[str, Any]]  # seq, event, stamped payload
 
 class ResumeError(HallError):
     code = "resume_invalid"
+
+
+class ReplayGapError(ResumeError):
+    """The resume's ``last_seq`` cannot be served: ahead of what was numbered
+    (``last_seq_ahead``), or older than the outbox keeps (``replay_unavailable``). Not a bad
+    credential: the token stays good (with a correct ``last_seq``)."""
 
 
 def digest(token: str) -> str:
@@ -75,10 +85,12 @@ class Attached:
 def check_gap(entries: list[Entry], seq: int, last_seq: int) -> list[Entry]:
     """Messages after ``last_seq``; ResumeError if the outbox no longer has them all."""
     if last_seq > seq:
-        raise ResumeError(f"last_seq {last_seq} is ahead of the server ({seq})")
+        raise ReplayGapError(f"last_seq {last_seq} is ahead of the server ({seq})",
+                             code="last_seq_ahead")
     missed = [e for e in entries if e[0] > last_seq]
     if len(missed) != seq - last_seq:
-        raise ResumeError("too many messages were missed to resume; connect afresh")
+        raise ReplayGapError("too many messages were missed to resume; connect afresh",
+                             code="replay_unavailable")
     return missed
 
 
@@ -154,13 +166,29 @@ class HubState(abc.ABC):
     async def forget(self, participant_id: str) -> None:
         """Drop the record, its outbox and its resume token (the grace ran out)."""
 
+    # Resume tokens. A participant has at most two good ones: the *newest*, issued in the last
+    # welcome, and the one that connection *resumed with* (its welcome may never have arrived,
+    # so the client may still hold only that one). Redeeming the newest proves the client got
+    # it: the one before dies; so does the client's acknowledgement of the welcome that
+    # carried the newest (resume_received). Redeeming the one before again revokes the newest
+    # (the client never had it). So a token stays good until its successor is provably
+    # received, a token whose successor was used is dead, and there is never more than one
+    # newest token.
     @abc.abstractmethod
-    async def issue_resume(self, participant_id: str) -> str:
-        """A fresh one-time resume token; the previous one stops working."""
+    async def issue_resume(self, participant_id: str, *, resumed: bool = False) -> str:
+        """A fresh resume token for the welcome being sent; the newest one before it stops
+        working. ``resumed``: this connection just redeemed a token, which stays good until
+        the new one is redeemed; otherwise every earlier token stops working."""
 
     @abc.abstractmethod
-    async def redeem(self, token: str) -> str:
-        """Use a resume token (once): the participant id. ResumeError if unknown or used."""
+    async def redeem(self, token: str, participant_id: str) -> None:
+        """Resume ``participant_id`` with ``token`` (see above); ResumeError, changing
+        nothing, if the token is not one of that participant's good ones."""
+
+    @abc.abstractmethod
+    async def resume_received(self, participant_id: str, token: str) -> None:
+        """The client acknowledged the welcome carrying ``token``: if that is still the newest,
+        the token its connection resumed with stops working. Nothing otherwise."""
 
     @abc.abstractmethod
     async def send(self, participant_id: str, event: str,
@@ -193,9 +221,12 @@ class HubState(abc.ABC):
         return live
 
     @abc.abstractmethod
-    async def session_close(self, session_id: str) -> MediaSession | None:
+    async def session_close(self, session_id: str, *,
+                            keep_chat: bool = False) -> MediaSession | None:
         """Close it; the session to whoever closed it, None to everyone after (so the end is
-        announced once even when several processes see the ticket change)."""
+        announced once even when several processes see the ticket change). ``keep_chat``
+        (a transfer): the next session of the same ticket opens with this one's chat (kept
+        for KEPT_CHAT_S at most)."""
 
     @abc.abstractmethod
     async def session_announce(self, session_id: str) -> bool:
@@ -225,6 +256,19 @@ class HubState(abc.ABC):
 
     @abc.abstractmethod
     async def notes(self, session_id: str) -> list[dict[str, Any]]: ...
+
+    # -- call quality (signaling/call_quality.py): one small JSON summary per side ------------
+    @abc.abstractmethod
+    async def quality_put(self, session_id: str, side: str, summary: dict[str, Any]) -> bool:
+        """Store a side's summary while the session is live; False (nothing stored) once it
+        is closed, so a late report cannot leave a summary behind."""
+
+    @abc.abstractmethod
+    async def quality_get(self, session_id: str) -> dict[str, dict[str, Any]]:
+        """The summaries of the session's sides that reported (side -> summary)."""
+
+    @abc.abstractmethod
+    async def quality_drop(self, session_id: str) -> None: ...
 
     # -- ticket owners (resident or kiosk participant of a ticket) ----------------------------
     @abc.abstractmethod
@@ -261,7 +305,8 @@ class HubState(abc.ABC):
 class _MemoryParticipant:
     record: Record
     outbox: deque[Entry] = field(default_factory=lambda: deque(maxlen=OUTBOX_LIMIT))
-    resume_digest: str | None = None
+    resume_digest: str | None = None  # the newest token
+    resumed_digest: str | None = None  # the one its connection resumed with (still good)
     grace_until: float | None = None
 
 
@@ -274,7 +319,10 @@ class MemoryHubState(HubState):
         self._by_resume: dict[str, str] = {}
         self._sessions: dict[str, MediaSession] = {}
         self._announced: set[str] = set()
+        self._kept_chat: dict[str, list[dict[str, Any]]] = {}  # transferred: for the next
         self._owners: dict[str, str] = {}
+        # session -> side -> call-quality summary (only while the session is live)
+        self._quality: dict[str, dict[str, dict[str, Any]]] = {}
         self._kiosks = Kiosks(service_point_ids)
 
     # -- participants --------------------------------------------------------------------
@@ -322,25 +370,48 @@ class MemoryHubState(HubState):
 
     async def forget(self, participant_id: str) -> None:
         part = self._parts.pop(participant_id, None)
-        if part is not None and part.resume_digest is not None:
-            self._by_resume.pop(part.resume_digest, None)
+        if part is not None:
+            for known in (part.resume_digest, part.resumed_digest):
+                if known is not None:
+                    self._by_resume.pop(known, None)
 
-    async def issue_resume(self, participant_id: str) -> str:
+    async def issue_resume(self, participant_id: str, *, resumed: bool = False) -> str:
         part = self._parts[participant_id]
         if part.resume_digest is not None:
             self._by_resume.pop(part.resume_digest, None)
+        if not resumed and part.resumed_digest is not None:
+            self._by_resume.pop(part.resumed_digest, None)
+            part.resumed_digest = None
         token = secrets.token_urlsafe(32)
         part.resume_digest = digest(token)
         self._by_resume[part.resume_digest] = participant_id
         return token
 
-    async def redeem(self, token: str) -> str:
-        pid = self._by_resume.pop(digest(token), None)
-        part = None if pid is None else self._parts.get(pid)
-        if pid is None or part is None:
+    async def redeem(self, token: str, participant_id: str) -> None:
+        key = digest(token)
+        part = self._parts.get(participant_id)
+        if self._by_resume.get(key) != participant_id or part is None:
             raise ResumeError("unknown, used or expired resume token")
-        part.resume_digest = None
-        return pid
+        if key == part.resume_digest:
+            # The newest was received: the one it succeeded dies.
+            if part.resumed_digest is not None:
+                self._by_resume.pop(part.resumed_digest, None)
+            part.resumed_digest, part.resume_digest = key, None
+        elif key == part.resumed_digest:
+            # Its successor never arrived: that one dies instead.
+            if part.resume_digest is not None:
+                self._by_resume.pop(part.resume_digest, None)
+            part.resume_digest = None
+        else:
+            raise ResumeError("unknown, used or expired resume token")
+
+    async def resume_received(self, participant_id: str, token: str) -> None:
+        part = self._parts.get(participant_id)
+        if part is None or part.resume_digest != digest(token):
+            return
+        if part.resumed_digest is not None:
+            self._by_resume.pop(part.resumed_digest, None)
+            part.resumed_digest = None
 
     async def send(self, participant_id: str, event: str,
                    payload: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
@@ -371,14 +442,22 @@ class MemoryHubState(HubState):
         live = self._sessions.get(session_id)
         if live is None:
             live = self._sessions[session_id] = MediaSession(session_id, resident, clerk)
+            live.chat = self._kept_chat.pop(session_id, [])
         return live
 
     async def session_find(self, session_id: str) -> MediaSession | None:
         return self._sessions.get(session_id)
 
-    async def session_close(self, session_id: str) -> MediaSession | None:
+    async def session_close(self, session_id: str, *,
+                            keep_chat: bool = False) -> MediaSession | None:
         self._announced.discard(session_id)
-        return self._sessions.pop(session_id, None)
+        live = self._sessions.pop(session_id, None)
+        if live is not None and keep_chat:
+            # Bounded: a transferred ticket abandoned while waiting never opens again.
+            while len(self._kept_chat) >= KEPT_CHAT_LIMIT:
+                del self._kept_chat[next(iter(self._kept_chat))]
+            self._kept_chat[session_id] = list(live.chat)
+        return live
 
     async def session_announce(self, session_id: str) -> bool:
         if session_id in self._announced or session_id not in self._sessions:
@@ -417,6 +496,18 @@ class MemoryHubState(HubState):
 
     async def notes(self, session_id: str) -> list[dict[str, Any]]:
         return list((await self.session_get(session_id)).notes)
+
+    async def quality_put(self, session_id: str, side: str, summary: dict[str, Any]) -> bool:
+        if session_id not in self._sessions:
+            return False
+        self._quality.setdefault(session_id, {})[side] = summary
+        return True
+
+    async def quality_get(self, session_id: str) -> dict[str, dict[str, Any]]:
+        return dict(self._quality.get(session_id, {}))
+
+    async def quality_drop(self, session_id: str) -> None:
+        self._quality.pop(session_id, None)
 
     # -- ticket owners ------------------------------------------------------------------------
     async def owner_set(self, ticket_id: str, participant_id: str) -> None:

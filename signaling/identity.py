@@ -8,8 +8,16 @@
 * **ICE servers** (:func:`ice_servers`): STUN URLs plus TURN credentials in coturn's
   ``use-auth-secret`` (TURN REST) format.
 
-Error messages never say *why* a token was refused beyond "expired" or "invalid": the details
-would help someone forging tokens and help nobody else.
+Error messages never say *why* a token was refused beyond "expired", "revoked" or "invalid":
+the details would help someone forging tokens and help nobody else. A token issued in the
+future (``iat`` or ``nbf`` more than the leeway ahead of the clock) is invalid: no honest
+issuer makes one.
+
+A hall token ends early when it is revoked: replaced by ``auth.refresh`` (its id, ``jti``, is
+flagged) or by ``clerk.logout`` (that, and the principal's logout time: every token issued
+before it). The flags live in the shared :class:`~signaling.auth_state.AuthState` until the
+tokens would have expired anyway, and :meth:`TokenService.verify_live` refuses them. Only
+connecting (and the file routes) pay those two look-ups, never an event.
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ from typing import Any
 import jwt
 
 from rooms.errors import AuthError
+from signaling.auth_state import AuthState, MemoryAuthState
 
 __all__ = [
     "AppIdentityVerifier",
+    "Credential",
     "DevIdentitySigner",
     "Principal",
     "Role",
@@ -72,11 +82,36 @@ def _valid_subject(value: object) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= MAX_SUBJECT_LENGTH
 
 
+def _from_the_future(claims: dict[str, Any], now: float) -> bool:
+    """``iat`` or ``nbf`` beyond the leeway ahead of ``now`` (or not a number)."""
+    for name in ("iat", "nbf"):
+        value = claims.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return True
+        if value > now + _LEEWAY_S:
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A verified hall token: who, its id (``jti``; None in tokens that carry none) and its
+    expiry (POSIX time)."""
+
+    principal: Principal
+    token_id: str | None
+    expires_at: float
+    issued_at: float | None = None
+
+
 class TokenService:
     """Issues and verifies hall tokens (clerk, supervisor, kiosk); never resident tokens."""
 
     def __init__(
-        self, secret_key: str, *, ttl_s: float = 900.0, clock: Callable[[], float] = time.time
+        self, secret_key: str, *, ttl_s: float = 900.0, clock: Callable[[], float] = time.time,
+        revocations: AuthState | None = None,
     ) -> None:
         if not secret_key:
             raise ValueError("TokenService needs a non-empty secret key")
@@ -85,6 +120,12 @@ class TokenService:
         self._key = secret_key
         self.ttl_s = ttl_s
         self._clock = clock
+        self.revocations = revocations if revocations is not None else MemoryAuthState()
+
+    def issue_credential(self, principal: Principal) -> tuple[str, Credential]:
+        """A token for ``principal`` and what it verifies to."""
+        token, _ = self.issue(principal)
+        return token, self.verify_claims(token)
 
     def issue(self, principal: Principal) -> tuple[str, float]:
         """A token for ``principal`` and the POSIX time it expires."""
@@ -106,7 +147,44 @@ class TokenService:
         return jwt.encode(claims, self._key, algorithm="HS256"), expires_at
 
     def verify(self, token: str) -> Principal:
-        """The principal a valid token names; AuthError if it is expired or invalid."""
+        """The principal a valid token names; AuthError if it is expired or invalid. Says
+        nothing about revocation: connections use :meth:`verify_live`."""
+        return self.verify_claims(token).principal
+
+    async def verify_live(self, token: str) -> Credential:
+        """:meth:`verify_claims`, and AuthError if the token was revoked."""
+        credential = self.verify_claims(token)
+        now = self._clock()
+        if credential.token_id is not None and await self.revocations.flagged(
+                "jti:" + credential.token_id, now):
+            raise AuthError("token revoked")
+        out = await self.revocations.flag_value(
+            "out:" + credential.principal.participant_id, now)
+        # iat is whole seconds: a token issued within the second of the logout (a fresh
+        # log-in right after it) is let be.
+        if out is not None and (credential.issued_at is None
+                                or credential.issued_at < int(out)):
+            raise AuthError("token revoked")
+        return credential
+
+    async def revoke_all(self, principal: Principal) -> None:
+        """Every token of ``principal`` issued until now stops working (a logout: other
+        tabs, and a resumed socket whose token id the hall no longer holds, included)."""
+        now = self._clock()
+        await self.revocations.flag("out:" + principal.participant_id, now, self.ttl_s + 1.0,
+                                    value=now)
+
+    async def revoke(self, credential: Credential) -> None:
+        """The token stops working now (it is remembered until it would have expired)."""
+        if credential.token_id is None:
+            return
+        now = self._clock()
+        # A second of margin: a process whose clock is slightly behind must still refuse it.
+        await self.revocations.flag("jti:" + credential.token_id, now,
+                                    credential.expires_at - now + 1.0)
+
+    def verify_claims(self, token: str) -> Credential:
+        """The verified token; AuthError if it is expired or invalid."""
         if not isinstance(token, str) or not token:
             raise AuthError("invalid token")
         try:
@@ -115,11 +193,12 @@ class TokenService:
                 self._key,
                 algorithms=["HS256"],
                 issuer=HALL_ISSUER,
-                # exp is checked below against the injected clock, not PyJWT's.
+                # exp, iat and nbf are checked below against the injected clock, not PyJWT's.
                 options={
                     "require": ["sub", "role", "exp", "iss"],
                     "verify_exp": False,
                     "verify_iat": False,
+                    "verify_nbf": False,  # iat and nbf: _from_the_future, same clock
                 },
             )
         except jwt.PyJWTError:
@@ -127,8 +206,11 @@ class TokenService:
         exp = claims.get("exp")
         if not isinstance(exp, (int, float)) or isinstance(exp, bool):
             raise AuthError("invalid token")
-        if exp <= self._clock():
+        now = self._clock()
+        if exp <= now:
             raise AuthError("token expired")
+        if _from_the_future(claims, now):
+            raise AuthError("invalid token")
         try:
             role = Role(str(claims.get("role")))
         except ValueError:
@@ -136,15 +218,20 @@ class TokenService:
         subject = claims.get("sub")
         name = claims.get("name", "")
         sp = claims.get("sp")
+        jti = claims.get("jti")
         if (
             role is Role.RESIDENT
             or not _valid_subject(subject)
             or not isinstance(name, str)
             or (sp is not None and not isinstance(sp, str))
+            or (jti is not None and not _valid_subject(jti))
         ):
             raise AuthError("invalid token")
         assert isinstance(subject, str)
-        return Principal(role=role, subject=subject, name=name, service_point_id=sp)
+        principal = Principal(role=role, subject=subject, name=name, service_point_id=sp)
+        iat = claims.get("iat")
+        return Credential(principal, jti if isinstance(jti, str) else None, float(exp),
+                          float(iat) if isinstance(iat, (int, float)) else None)
 
 
 class AppIdentityVerifier:
@@ -200,11 +287,12 @@ class AppIdentityVerifier:
                 algorithms=self._algorithms,
                 issuer=self._issuer,
                 leeway=_LEEWAY_S,
-                # exp is checked below against the injected clock, not PyJWT's.
+                # exp, iat and nbf are checked below against the injected clock, not PyJWT's.
                 options={
                     "require": ["sub", "exp", "iss"],
                     "verify_exp": False,
                     "verify_iat": False,
+                    "verify_nbf": False,  # iat and nbf: _from_the_future, same clock
                     "verify_aud": False,
                 },
             )
@@ -213,8 +301,11 @@ class AppIdentityVerifier:
         exp = claims.get("exp")
         if not isinstance(exp, (int, float)) or isinstance(exp, bool):
             raise AuthError("invalid identity token")
-        if exp + _LEEWAY_S <= self._clock():
+        now = self._clock()
+        if exp + _LEEWAY_S <= now:
             raise AuthError("identity token expired")
+        if _from_the_future(claims, now):
+            raise AuthError("invalid identity token")
         subject = claims.get("sub")
         name = claims.get("name", "")
         if not _valid_subject(subject) or not isinstance(name, str):

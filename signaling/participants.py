@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from signaling.hub_state import ResumeError
-from signaling.identity import Principal
+from signaling.identity import Credential, Principal
 
 __all__ = ["Connections", "Participant", "ResumeError"]
 
@@ -30,6 +30,14 @@ class Participant:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Held while handling one of its events: they are handled in the order they arrived.
     inbound: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The hall token this socket lives on (None: an app resident's, or a resume's) and the
+    # timer that closes the socket when it expires (SignalingHub._watch_expiry).
+    credential: Credential | None = None
+    expiry: asyncio.TimerHandle | None = None
+    # The client's acknowledgement of its welcome, being applied (the resume token it came
+    # with is retired). Its events wait for it: an event sent after the ack is handled after
+    # the retirement, so a client can fence on any round trip.
+    welcome_ack: asyncio.Task[None] | None = None
 
     @property
     def id(self) -> str:

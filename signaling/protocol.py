@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from rooms.cases import CaseState
@@ -19,6 +19,9 @@ from rooms.hall import MAX_NOTE_CHARS
 from signaling.identity import Role
 
 MAX_EVENT_BYTES = 64 * 1024
+# Deepest nesting of lists/objects in a frame (the event list counts as one level): the
+# protocol's deepest payload has 4; orjson cannot even encode past 254 again.
+MAX_DEPTH = 32
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ShortText = Annotated[str, StringConstraints(max_length=500)]
@@ -183,6 +186,44 @@ class MediaScreen(Payload):
     stream_id: Annotated[str, StringConstraints(max_length=128)] | None = None
 
 
+# call.report (docs/protocol.md): the call funnel and quality figures of one side. Every number
+# is bounded (no NaN or infinity: strict floats refuse them), so a client can neither skew the
+# histograms nor grow the summary.
+MAX_CALL_AT_MS = 3_600_000  # a stage reached an hour after the accept is not a measurement
+CallStage = Literal["signaling", "ice_connected", "first_frame", "failed"]
+CallFailure = Literal["signaling_failed", "ice_failed", "no_frames", "media_denied", "timeout"]
+
+
+def _bounded(low: float, high: float) -> Any:
+    return Field(ge=low, le=high, allow_inf_nan=False)
+
+
+class CallStats(Payload):
+    candidate_type: Literal["host", "srflx", "prflx", "relay"] | None = None
+    rtt_ms: Annotated[float, _bounded(0, 60_000)] | None = None
+    loss_ratio: Annotated[float, _bounded(0, 1)] | None = None
+    jitter_ms: Annotated[float, _bounded(0, 60_000)] | None = None
+    bitrate_kbps: Annotated[float, _bounded(0, 1_000_000)] | None = None
+    freezes: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    frames_decoded: Annotated[int, Field(ge=0, le=1_000_000_000)] | None = None
+
+
+class CallReport(Payload):
+    session_id: Id
+    stage: CallStage | None = None
+    at_ms: Annotated[int, Field(ge=0, le=MAX_CALL_AT_MS)] | None = None
+    failure: CallFailure | None = None
+    stats: CallStats | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CallReport:
+        if self.stage is None and self.stats is None:
+            raise ValueError("a call.report carries a stage, stats or both")
+        if (self.stage == "failed") != (self.failure is not None):
+            raise ValueError('a failure code goes with stage "failed", and only with it')
+        return self
+
+
 RESIDENTS = frozenset({Role.RESIDENT, Role.KIOSK})
 CLERKS = frozenset({Role.CLERK})
 SUPERVISORS = frozenset({Role.SUPERVISOR})
@@ -215,6 +256,7 @@ EVENTS: dict[str, EventSpec] = {
     "wrapup.extend": EventSpec(WrapupExtend, CLERKS),
     "rtc.signal": EventSpec(RtcSignal, frozenset({*IN_SESSION, Role.SUPERVISOR})),
     "media.screen": EventSpec(MediaScreen, IN_SESSION),
+    "call.report": EventSpec(CallReport, IN_SESSION),
     "chat.send": EventSpec(ChatSend, IN_SESSION),
     "session.note": EventSpec(SessionNote, CLERKS),
     "kiosk.health": EventSpec(KioskHealth, frozenset({Role.KIOSK})),

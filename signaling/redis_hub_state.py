@@ -7,11 +7,13 @@ key                      type        contents
 =======================  ==========  =============================================================
 ``part:<participant>``   hash        role, subject, name, sp (its principal), seq (last number
                                      given), owner + sid (process and socket holding it; absent
-                                     while away), ticket, last_ticket, resume (token digest)
+                                     while away), ticket, last_ticket, resume (newest token
+                                     digest), resumed (digest of the token its connection
+                                     resumed with, good until the newest is redeemed)
 ``out:<participant>``    list        its numbered messages, ``<seq> <event> <payload JSON>``,
                                      the last 2,000 (what a resume can replay)
 ``parts``                set         every participant id
-``resume``               hash        resume token digest -> participant (one-time)
+``resume``               hash        resume token digest -> participant (both good ones)
 ``graces``               sorted set  participant -> end of its resume grace (POSIX time)
 ``procs``                sorted set  process id -> heartbeat expiry (POSIX time)
 ``owned:<process>``      set         participants whose socket that process holds
@@ -19,6 +21,7 @@ key                      type        contents
 ``sessmon:<ticket>``     set         monitoring supervisors
 ``chat:<ticket>``        list        chat messages (JSON), the last 500
 ``notes:<ticket>``       list        the clerk's notes (JSON), the last 200
+``callq:<ticket>``       hash        side -> its call-quality summary (JSON), while live
 ``sessions``             set         live session ids
 ``psess:<participant>``  set         sessions it is in (resident, clerk or monitor)
 ``owners``               hash        ticket -> participant who took it
@@ -55,6 +58,7 @@ from rooms.errors import ForbiddenError, NotFoundError
 from rooms.redis_link import RedisLink
 from signaling.hub_state import (
     CHAT_LIMIT,
+    KEPT_CHAT_S,
     NOTES_LIMIT,
     OUTBOX_LIMIT,
     Attached,
@@ -150,24 +154,56 @@ _ISSUE_RESUME = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local old = redis.call('HGET', KEYS[1], 'resume')
 if old then redis.call('HDEL', KEYS[2], old) end
+if ARGV[3] ~= '1' then
+  local used = redis.call('HGET', KEYS[1], 'resumed')
+  if used then
+    redis.call('HDEL', KEYS[2], used)
+    redis.call('HDEL', KEYS[1], 'resumed')
+  end
+end
 redis.call('HSET', KEYS[1], 'resume', ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
+# KEYS: resume, part; ARGV: digest, participant. See HubState: the newest token ('resume')
+# or the one its connection resumed with ('resumed'); redeeming one retires the other.
 _REDEEM = """
-local pid = redis.call('HGET', KEYS[1], ARGV[1])
-if not pid then return false end
-redis.call('HDEL', KEYS[1], ARGV[1])
-local part = ARGV[2] .. 'part:' .. pid
-if redis.call('HGET', part, 'resume') ~= ARGV[1] then return false end
-redis.call('HDEL', part, 'resume')
-return pid
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
+local newest = redis.call('HGET', KEYS[2], 'resume')
+local used = redis.call('HGET', KEYS[2], 'resumed')
+if newest == ARGV[1] then
+  if used then redis.call('HDEL', KEYS[1], used) end
+  redis.call('HSET', KEYS[2], 'resumed', ARGV[1])
+  redis.call('HDEL', KEYS[2], 'resume')
+  return 1
+end
+if used == ARGV[1] then
+  if newest then
+    redis.call('HDEL', KEYS[1], newest)
+    redis.call('HDEL', KEYS[2], 'resume')
+  end
+  return 1
+end
+return false
+"""
+
+# KEYS: part, resume; ARGV: digest of the token the client acknowledged.
+_RESUME_RECEIVED = """
+if redis.call('HGET', KEYS[1], 'resume') ~= ARGV[1] then return 0 end
+local used = redis.call('HGET', KEYS[1], 'resumed')
+if used then
+  redis.call('HDEL', KEYS[2], used)
+  redis.call('HDEL', KEYS[1], 'resumed')
+end
+return 1
 """
 
 _FORGET = """
 local old = redis.call('HGET', KEYS[1], 'resume')
 if old then redis.call('HDEL', KEYS[3], old) end
+local used = redis.call('HGET', KEYS[1], 'resumed')
+if used then redis.call('HDEL', KEYS[3], used) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
@@ -191,6 +227,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SADD', KEYS[2], ARGV[1])
   redis.call('SADD', ARGV[4] .. 'psess:' .. ARGV[2], ARGV[1])
   redis.call('SADD', ARGV[4] .. 'psess:' .. ARGV[3], ARGV[1])
+  redis.call('PERSIST', KEYS[4])
 end
 return {redis.call('HGET', KEYS[1], 'resident'), redis.call('HGET', KEYS[1], 'clerk'),
         redis.call('SMEMBERS', KEYS[3])}
@@ -204,9 +241,24 @@ local monitors = redis.call('SMEMBERS', KEYS[2])
 redis.call('SREM', ARGV[2] .. 'psess:' .. resident, ARGV[1])
 redis.call('SREM', ARGV[2] .. 'psess:' .. clerk, ARGV[1])
 for _, m in ipairs(monitors) do redis.call('SREM', ARGV[2] .. 'psess:' .. m, ARGV[1]) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+if ARGV[3] == '0' then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+else
+  -- a transfer: the chat waits for the next session of the same ticket (the same keys)
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
 redis.call('SREM', KEYS[5], ARGV[1])
 return {resident, clerk, monitors}
+"""
+
+# A side's call-quality summary, only while the session is live (KEYS: sess, callq); kept a
+# day at most should the session's close never drop it.
+_QUALITY_PUT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], 86400)
+return 1
 """
 
 _SESSION_FIND = """
@@ -345,11 +397,12 @@ class RedisHubState(HubState):
         for name, source in (("attach", _ATTACH), ("detach", _DETACH), ("send", _SEND),
                              ("claim_due", _CLAIM_DUE), ("orphans", _ORPHANS),
                              ("issue_resume", _ISSUE_RESUME), ("redeem", _REDEEM),
+                             ("resume_received", _RESUME_RECEIVED),
                              ("forget", _FORGET), ("set_ticket", _SET_TICKET),
                              ("clear_ticket", _CLEAR_TICKET), ("session_open", _SESSION_OPEN),
                              ("session_close", _SESSION_CLOSE),
                              ("session_announce", _SESSION_ANNOUNCE), ("monitor", _MONITOR),
-                             ("session_find", _SESSION_FIND),
+                             ("session_find", _SESSION_FIND), ("quality_put", _QUALITY_PUT),
                              ("push_capped", _PUSH_CAPPED), ("kiosk_online", _KIOSK_ONLINE),
                              ("kiosk_report", _KIOSK_REPORT)):
             self._scripts[name] = client.register_script(source)
@@ -367,15 +420,23 @@ class RedisHubState(HubState):
     async def ping(self) -> bool:
         return await self._link.ping()
 
+    @property
+    def link(self) -> RedisLink:
+        """The connection to Redis (server/metrics.py times its requests)."""
+        return self._link
+
     def _client(self) -> aioredis.Redis:
         return self._link.client
 
     async def _io(self, request: Awaitable[T]) -> T:
         return await self._link.io(request)
 
-    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        self._client()
-        return await self._io(self._scripts[name](keys=keys, args=args))
+    async def _run(self, name: str, keys: list[str], args: list[Any], *,
+                   urgent: bool = False) -> Any:
+        """Run a script; ``urgent`` (liveness work) on the link's own small pool, so a burst
+        of requests queued for the main pool cannot delay it (rooms/redis_link.py)."""
+        client = self._link.urgent if urgent else self._client()
+        return await self._io(self._scripts[name](keys=keys, args=args, client=client))
 
     async def _listen(self) -> None:
         """Deliver what other processes publish for this process's sockets; after each
@@ -409,8 +470,8 @@ class RedisHubState(HubState):
 
     # ------------------------------------------------------------------ processes
     async def heartbeat(self, ttl_s: float, now: float) -> bool:
-        added = await self._io(self._client().zadd(self._k("procs"),
-                                                   {self.process_id: now + ttl_s}))
+        added = await self._io(self._link.urgent.zadd(self._k("procs"),
+                                                      {self.process_id: now + ttl_s}))
         first, self._beaten = not self._beaten, True
         return first or not added
 
@@ -424,7 +485,7 @@ class RedisHubState(HubState):
 
     async def _claim(self, now: float, grace_until: float, process: str) -> list[Record]:
         pids = await self._run("orphans", [self._k("procs"), self._k("graces")],
-                               [repr(now), repr(grace_until), self._p, process])
+                               [repr(now), repr(grace_until), self._p, process], urgent=True)
         records = []
         for raw in pids or []:
             record = await self.record(_text(raw) or "")
@@ -477,20 +538,24 @@ class RedisHubState(HubState):
                                    self._k("out", participant_id), self._k("resume"),
                                    self._k("parts"), self._k("graces")], [participant_id])
 
-    async def issue_resume(self, participant_id: str) -> str:
+    async def issue_resume(self, participant_id: str, *, resumed: bool = False) -> str:
         token = secrets.token_urlsafe(32)
         done = await self._run("issue_resume",
                                [self._k("part", participant_id), self._k("resume")],
-                               [digest(token), participant_id])
+                               [digest(token), participant_id, "1" if resumed else "0"])
         if not done:
             raise NotFoundError(f'participant "{participant_id}" is not known')
         return token
 
-    async def redeem(self, token: str) -> str:
-        pid = await self._run("redeem", [self._k("resume")], [digest(token), self._p])
-        if not pid:
+    async def redeem(self, token: str, participant_id: str) -> None:
+        done = await self._run("redeem", [self._k("resume"), self._k("part", participant_id)],
+                               [digest(token), participant_id])
+        if not done:
             raise ResumeError("unknown, used or expired resume token")
-        return _text(pid) or ""
+
+    async def resume_received(self, participant_id: str, token: str) -> None:
+        await self._run("resume_received",
+                        [self._k("part", participant_id), self._k("resume")], [digest(token)])
 
     async def send(self, participant_id: str, event: str,
                    payload: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
@@ -515,7 +580,7 @@ class RedisHubState(HubState):
         return check_gap([_entry(e) for e in raw_entries], int(seq_raw), last_seq)
 
     async def graces_due(self, now: float) -> list[str]:
-        due = await self._run("claim_due", [self._k("graces")], [repr(now)])
+        due = await self._run("claim_due", [self._k("graces")], [repr(now)], urgent=True)
         return sorted(_text(d) or "" for d in due or [])
 
     # ------------------------------------------------------------------ sessions
@@ -529,8 +594,8 @@ class RedisHubState(HubState):
                             {_text(m) or "" for m in monitors or []})
 
     async def session_open(self, session_id: str, resident: str, clerk: str) -> MediaSession:
-        sess, mon, _, _ = self._session_keys(session_id)
-        got = await self._run("session_open", [sess, self._k("sessions"), mon],
+        sess, mon, chat, _ = self._session_keys(session_id)
+        got = await self._run("session_open", [sess, self._k("sessions"), mon, chat],
                               [session_id, resident, clerk, self._p])
         return self._session(session_id, *got)
 
@@ -539,10 +604,11 @@ class RedisHubState(HubState):
         got = await self._run("session_find", [sess, mon], [])
         return None if not got else self._session(session_id, *got)
 
-    async def session_close(self, session_id: str) -> MediaSession | None:
+    async def session_close(self, session_id: str, *,
+                            keep_chat: bool = False) -> MediaSession | None:
         got = await self._run("session_close",
                               [*self._session_keys(session_id), self._k("sessions")],
-                              [session_id, self._p])
+                              [session_id, self._p, KEPT_CHAT_S if keep_chat else 0])
         return None if not got else self._session(session_id, *got)
 
     async def session_announce(self, session_id: str) -> bool:
@@ -600,6 +666,18 @@ class RedisHubState(HubState):
 
     async def notes(self, session_id: str) -> list[dict[str, Any]]:
         return await self._items(self._k("notes", session_id))
+
+    async def quality_put(self, session_id: str, side: str, summary: dict[str, Any]) -> bool:
+        return bool(await self._run("quality_put",
+                                    [self._k("sess", session_id), self._k("callq", session_id)],
+                                    [side, orjson.dumps(summary)]))
+
+    async def quality_get(self, session_id: str) -> dict[str, dict[str, Any]]:
+        raw = await self._io(self._client().hgetall(self._k("callq", session_id)))
+        return {_text(side) or "": orjson.loads(value) for side, value in raw.items()}
+
+    async def quality_drop(self, session_id: str) -> None:
+        await self._io(self._client().delete(self._k("callq", session_id)))
 
     # ------------------------------------------------------------------ ticket owners
     async def owner_set(self, ticket_id: str, participant_id: str) -> None:

@@ -43,6 +43,8 @@ def offer_view(ticket: Ticket, now: float, timeout_s: float) -> dict[str, Any]:
         # residents, and not in the event log).
         "callback_contact": ticket.callback_contact,
         "transfers": ticket.transfers,
+        # What the transferring clerk wrote for the receiving one (null if never moved).
+        "transfer_note": ticket.transfer_note,
         "wait_s": now - ticket.joined_at,
         "deadline": ticket.offer_deadline,
         "timeout_s": timeout_s,

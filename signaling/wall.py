@@ -22,6 +22,7 @@ from rooms.clerks import ClerkState
 from rooms.errors import NotFoundError
 from rooms.policy import QueuePolicy
 from signaling.kiosks import KioskStatus
+from signaling.scope import Scope
 
 # The wall's per-department clerk counts, one bucket per clerk state.
 CLERK_BUCKETS = ("available", "offered", "in_session", "wrap_up", "on_break", "logged_out")
@@ -89,14 +90,27 @@ def build_wall(
     kiosks: Iterable[KioskStatus],
     sessions: Sequence[LiveSession],
     cases: Mapping[str, int],
+    *,
+    scope: Scope | None = None,
+    ticket_departments: Mapping[str, str] | None = None,
 ) -> Board:
     """The wall from ``Hall.snapshot()``, ``Hall.day_stats()``, the kiosk registry, the live
-    sessions and the 办不成事 counts (``open``: not closed, ``overdue``)."""
+    sessions and the 办不成事 counts (``open``: not closed, ``overdue``; the caller gives
+    those of ``scope``).
+
+    A department supervisor's ``scope`` bounds it: its departments' queues and figures, the
+    clerks serving them (with only those departments, and the ticket a clerk holds only if
+    ``ticket_departments`` puts it in scope), sessions of their matters and the alerts of all
+    these. Kiosks stay whole: every point serves every department, and a kiosk row names no
+    resident or matter."""
+    scope = scope or Scope.everything()
     at = float(snapshot["at"])
     queues = {m["id"]: m for m in snapshot["matters"]}
     heads: dict[str, float | None] = {}
     matters: list[dict[str, Any]] = []
     for matter in catalog.matters.values():
+        if not scope.covers_department(matter.department_id):
+            continue
         queue = queues.get(matter.id, {})
         waiting = int(queue.get("queued", 0))
         head = queue.get("head_joined_at") if waiting else None
@@ -115,19 +129,28 @@ def build_wall(
     buckets: dict[str, dict[str, int]] = {
         d: dict.fromkeys(CLERK_BUCKETS, 0) for d in catalog.departments}
     for clerk in snapshot["clerks"]:
-        serves = clerk_departments(catalog, clerk["id"])
+        serves = [d for d in clerk_departments(catalog, clerk["id"])
+                  if scope.covers_department(d)]
+        if not serves and not scope.whole_hall:
+            continue  # serves none of the scope's departments
         for department_id in serves:
             counts = buckets.setdefault(department_id, dict.fromkeys(CLERK_BUCKETS, 0))
             counts[clerk["state"]] = counts.get(clerk["state"], 0) + 1
+        ticket_id = clerk["ticket_id"]
+        if ticket_id is not None and not scope.whole_hall and not scope.covers_department(
+                (ticket_departments or {}).get(ticket_id)):
+            ticket_id = None  # another department's resident
         clerks.append({
             "id": clerk["id"], "name": clerk["name"], "state": clerk["state"],
-            "since": clerk["since"], "ticket_id": clerk["ticket_id"],
+            "since": clerk["since"], "ticket_id": ticket_id,
             "break_reason": clerk["break_reason"], "department_ids": serves,
             "wrapup_overdue": clerk["wrapup_overdue"],
         })
 
     departments: list[dict[str, Any]] = []
     for department in catalog.departments.values():
+        if not scope.covers_department(department.id):
+            continue
         own = [m for m in matters if m["department_id"] == department.id]
         waits = [m["oldest_wait_s"] for m in own if m["oldest_wait_s"] is not None]
         departments.append({
@@ -179,9 +202,11 @@ def build_wall(
         "clerks": clerks,
         "kiosks": kiosk_rows,
         "sessions": [s.to_dict() for s in sorted(
-            sessions, key=lambda s: (s.started_at or 0.0, s.session_id))],
+            sessions, key=lambda s: (s.started_at or 0.0, s.session_id))
+            if scope.covers_matter(catalog, s.matter_id)],
         "alerts": alerts,
         "cases": {"open": int(cases.get("open", 0)), "overdue": int(cases.get("overdue", 0))},
+        "scope": scope.to_dict(),
     }
     timeless = {
         **_without(view, "at"),
@@ -219,4 +244,6 @@ def build_queues(catalog: Catalog, snapshot: Mapping[str, Any], clerk_id: str) -
                 "on_duty": int(queue.get("on_duty", 0)),
             })
     timeless = [[_without(r, "oldest_wait_s") for r in rows], heads]
-    return Board({"queues": rows}, _fingerprint(timeless))
+    # ``at``: when oldest_wait_s held (a view is resent only when it changed, not as time
+    # passes; the client counts on from ``at``).
+    return Board({"at": at, "queues": rows}, _fingerprint(timeless))

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Route,
+    async_playwright,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_SCRIPT = ROOT / "scripts" / "install-browser.sh"
@@ -151,3 +158,20 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float =
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+RTC_TEST_PAGE = Path(__file__).resolve().parent / "rtc-test.html"
+
+
+async def open_rtc_test_page(page: Page, hall_url: str, fragment: str = "") -> None:
+    """Open tests/rtc-test.html (a page with inline script, driving a HallClient) in the hall's
+    origin, so its imports and socket stay same-origin. The hall does not serve it (it ships
+    no test pages): the page goes to a hall answer without a CSP (``/healthz``) and its content
+    is replaced by the file's. (Answering the URL from Playwright instead would leave the page
+    without an address, and Chromium's local network access checks then block its socket.)"""
+    async def no_icon(route: Route) -> None:
+        await route.fulfill(status=204)  # the JSON answer's favicon.ico: no 404 in the console
+
+    await page.route(f"{hall_url}/favicon.ico", no_icon)
+    await page.goto(f"{hall_url}/healthz{fragment}")
+    await page.set_content(RTC_TEST_PAGE.read_text(encoding="utf-8"))

@@ -30,6 +30,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
     VideoStreamTrack,
@@ -105,6 +106,8 @@ class HallClient:
         self.violations: list[str] = []
         self.welcomes: list[Payload] = []
         self.resume_token: str | None = None
+        # The credential of the last connect ({token} or {id_token}): a resume presents it too.
+        self.credential: dict[str, Any] = {}
         self.last_seq = 0  # the last seq received (what a resume counts from)
         self.connection = 0
         self.disconnect_reasons: list[Any] = []
@@ -129,6 +132,8 @@ class HallClient:
         self._connect_error = None
         self._disconnected = asyncio.Event()
         self._resume_from = int(auth.get("last_seq", 0)) if "resume" in auth else None
+        self.credential = {k: auth[k] for k in ("token", "id_token") if k in auth} or (
+            self.credential)
         self.connection = connection
         try:
             await sio.connect(url, auth=dict(auth), transports=["websocket"],
@@ -142,11 +147,12 @@ class HallClient:
         return await self.wait_for("welcome", lambda p: True, timeout=timeout)
 
     async def resume(self, url: str, *, timeout: float = 10.0) -> Payload:
-        """Reconnect with the last ``welcome``'s one-time token and ``last_seq``."""
+        """Reconnect with the last ``welcome``'s token, ``last_seq`` and the credential."""
         if self.resume_token is None:
             raise RuntimeError(f"{self.name}: no resume token yet")
         return await self.connect(
-            url, {"resume": self.resume_token, "last_seq": self.last_seq}, timeout=timeout
+            url, {**self.credential, "resume": self.resume_token, "last_seq": self.last_seq},
+            timeout=timeout,
         )
 
     async def drop(self, *, timeout: float = 5.0) -> None:
@@ -450,7 +456,7 @@ class MediaPeer:
 
     def __init__(self, name: str, *, tag: int, ice_servers: list[RTCIceServer] | None = None,
                  session_id: str | None = None, remote: str = "peer",
-                 send_media: bool = True) -> None:
+                 send_media: bool = True, relay_only: bool = False) -> None:
         self.name = name
         self.tag = tag
         self.ice_servers = list(ice_servers or [])
@@ -460,6 +466,8 @@ class MediaPeer:
         # the ``to`` of what this peer sends and the ``from`` it accepts.
         self.remote = remote
         self.send_media = send_media  # False: receive-only (a monitoring supervisor)
+        # True: iceTransportPolicy "relay", only TURN-relayed candidates (tests/test_turn.py).
+        self.relay_only = relay_only
         self.generation = 0
         self.pc = self._new_pc()
         self.video_track = StampedVideoTrack(tag)
@@ -475,10 +483,12 @@ class MediaPeer:
 
     @classmethod
     def for_session(cls, name: str, session: Mapping[str, Any], *, tag: int,
-                    remote: str = "peer", send_media: bool = True) -> MediaPeer:
+                    remote: str = "peer", send_media: bool = True,
+                    relay_only: bool = False) -> MediaPeer:
         """A peer for a ``session.started`` session object (its id and ``ice_servers``)."""
         return cls(name, tag=tag, ice_servers=ice_servers_from(session),
-                   session_id=str(session["id"]), remote=remote, send_media=send_media)
+                   session_id=str(session["id"]), remote=remote, send_media=send_media,
+                   relay_only=relay_only)
 
     # ---- SDP
 
@@ -641,7 +651,10 @@ class MediaPeer:
             self.started_at = time.monotonic()
 
     def _new_pc(self) -> RTCPeerConnection:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
+        pc = RTCPeerConnection(RTCConfiguration(
+            iceServers=list(self.ice_servers),
+            iceTransportPolicy=(RTCIceTransportPolicy.RELAY if self.relay_only
+                                else RTCIceTransportPolicy.ALL)))
         generation = self.generation
 
         @pc.on("track")

@@ -1,6 +1,6 @@
 """The resident in real Chromium, the clerk as an aiortc peer, through the real hall.
 
-The browser loads ``/static/rtc-test.html`` from the hall (the Socket.IO client bundle and
+The browser loads ``tests/rtc-test.html`` at the hall's origin (the Socket.IO client bundle and
 ``js/hall-client.js`` come from the hall itself) with fake camera and microphone; the clerk is a
 :class:`tests.rtcpeer.MediaPeer` driven from Python. Both sides follow docs/protocol.md: the
 clerk offers (half-trickle), the browser answers and trickles its candidates one ``rtc.signal``
@@ -45,6 +45,7 @@ from aiortc.sdp import candidate_from_sdp
 from playwright.async_api import Browser, Page, Response
 
 from server import keys
+from tests.browserkit import open_rtc_test_page
 from tests.rtcpeer import HallClient, MediaPeer, Payload
 from tests.signalkit import LiveHall, live_hall
 
@@ -287,7 +288,7 @@ async def live_session(hall: LiveHall, browser: Browser,
 
         page.on("response", failed)
         id_token = await hall.resident_id_token("r-browser-1", "张三")
-        await page.goto(f"{hall.url}/static/rtc-test.html#id_token={id_token}")
+        await open_rtc_test_page(page, hall.url, f"#id_token={id_token}")
         welcome = await page.evaluate("window.hallReady")
         assert welcome["role"] == "resident" and welcome["resumed"] is False, welcome
 

@@ -221,7 +221,8 @@ async def _across_processes(info: dict[str, Any]) -> None:
                 await asyncio.sleep(0.05)
             await person.close()
             await clerk.close()
-            await again.connect(h1, auth={"resume": welcome["resume_token"], "last_seq": 0})
+            await again.connect(h1, auth={"id_token": resident["id_token"],
+                                          "resume": welcome["resume_token"], "last_seq": 0})
             back = await again.next("welcome")
             assert back["resumed"] is True
             assert back["ticket"]["id"] == taken["ticket"]["id"]

@@ -120,20 +120,88 @@ async def test_a_grace_that_runs_out_is_claimed_once(make_state: Maker) -> None:
     assert await state.record(ALICE.participant_id) is None
     assert ALICE.participant_id not in await state.participant_ids()
     with pytest.raises(ResumeError):
-        await state.redeem(token)
+        await state.redeem(token, ALICE.participant_id)
 
 
 async def test_a_resume_token_works_once_and_only_the_newest(make_state: Maker) -> None:
-    """redeem() accepts the last issued token once; an older or used one is refused."""
+    """redeem() accepts the last issued token; an older one is refused, and so is a used one
+    once its successor was redeemed (the token it was used for is then dead)."""
     state = await make_state()
     await state.attach(ALICE, "sid-1")
     old = await state.issue_resume(ALICE.participant_id)
     new = await state.issue_resume(ALICE.participant_id)
     with pytest.raises(ResumeError):
-        await state.redeem(old)
-    assert await state.redeem(new) == ALICE.participant_id
+        await state.redeem(old, ALICE.participant_id)
+    await state.redeem(new, ALICE.participant_id)
+    newer = await state.issue_resume(ALICE.participant_id, resumed=True)
+    await state.redeem(newer, ALICE.participant_id)
     with pytest.raises(ResumeError):
-        await state.redeem(new)
+        await state.redeem(new, ALICE.participant_id)
+
+
+async def test_a_resume_token_stays_good_until_its_successor_is_redeemed(
+        make_state: Maker) -> None:
+    """A connection that resumed may never have received its welcome: the token it used is
+    good again, which revokes the successor issued meanwhile (never two good successors)."""
+    state = await make_state()
+    await state.attach(ALICE, "sid-1")
+    first = await state.issue_resume(ALICE.participant_id)
+    await state.redeem(first, ALICE.participant_id)
+    lost = await state.issue_resume(ALICE.participant_id, resumed=True)  # welcome lost
+    await state.redeem(first, ALICE.participant_id)  # the client only has this one
+    with pytest.raises(ResumeError):
+        await state.redeem(lost, ALICE.participant_id)
+    arrived = await state.issue_resume(ALICE.participant_id, resumed=True)
+    await state.redeem(arrived, ALICE.participant_id)
+    with pytest.raises(ResumeError):  # its successor was used: dead for good
+        await state.redeem(first, ALICE.participant_id)
+    await state.forget(ALICE.participant_id)
+    with pytest.raises(ResumeError):
+        await state.redeem(arrived, ALICE.participant_id)
+
+
+async def test_an_acknowledged_welcome_retires_the_token_resumed_with(
+        make_state: Maker) -> None:
+    """resume_received(newest) kills the token the connection resumed with; an ack for a
+    token that is no longer the newest changes nothing."""
+    state = await make_state()
+    await state.attach(ALICE, "sid-1")
+    first = await state.issue_resume(ALICE.participant_id)
+    await state.redeem(first, ALICE.participant_id)
+    second = await state.issue_resume(ALICE.participant_id, resumed=True)
+    await state.resume_received(ALICE.participant_id, "stale-" + "x" * 20)
+    await state.resume_received(ALICE.participant_id, second)
+    with pytest.raises(ResumeError):
+        await state.redeem(first, ALICE.participant_id)
+    await state.redeem(second, ALICE.participant_id)
+
+
+async def test_a_resume_token_is_its_participants_only(make_state: Maker) -> None:
+    """Presented for another participant, a token is refused and stays good for its own."""
+    state = await make_state()
+    await state.attach(ALICE, "sid-1")
+    await state.attach(CLERK, "sid-2")
+    token = await state.issue_resume(ALICE.participant_id)
+    with pytest.raises(ResumeError):
+        await state.redeem(token, CLERK.participant_id)
+    with pytest.raises(ResumeError):
+        await state.redeem("never-issued-" + "x" * 20, ALICE.participant_id)
+    await state.redeem(token, ALICE.participant_id)
+
+
+async def test_a_fresh_connection_retires_every_earlier_token(make_state: Maker) -> None:
+    """A welcome that is not a resume: neither the newest token nor the one resumed with
+    before stays good."""
+    state = await make_state()
+    await state.attach(ALICE, "sid-1")
+    first = await state.issue_resume(ALICE.participant_id)
+    await state.redeem(first, ALICE.participant_id)
+    second = await state.issue_resume(ALICE.participant_id, resumed=True)
+    fresh = await state.issue_resume(ALICE.participant_id)
+    for old in (first, second):
+        with pytest.raises(ResumeError):
+            await state.redeem(old, ALICE.participant_id)
+    await state.redeem(fresh, ALICE.participant_id)
 
 
 async def test_tickets_of_a_participant(make_state: Maker) -> None:

@@ -140,7 +140,7 @@ async def test_a_wrong_secret_stops_with_a_clear_error_and_the_right_one_connect
         "stopped", "auth_refused", 0, 0)
     assert await asyncio.wait_for(wrong.wait_stopped(), 1) == "auth_refused"
     await asyncio.sleep(1.0)  # a retry loop would have tried again by now
-    assert hall.app[keys.THROTTLE].failures("127.0.0.1") == 1
+    assert await hall.app[keys.THROTTLE].failures("127.0.0.1") == 1
 
     async with running(kiosk_config(hall)) as agent:
         welcome = agent._link.welcome

@@ -20,7 +20,15 @@ from playwright.async_api import Browser, Page
 
 from server import keys
 from signaling.hub_state import embedded
-from tests.browserkit import DESKTOP, Watched, open_page, run_axe, serious, wait_until
+from tests.browserkit import (
+    DESKTOP,
+    Watched,
+    open_page,
+    open_rtc_test_page,
+    run_axe,
+    serious,
+    wait_until,
+)
 from tests.signalkit import PASSWORD, Client, LiveHall, live_hall
 
 pytestmark = pytest.mark.browser
@@ -343,13 +351,13 @@ async def test_monitor_joins_silently_and_leaves(hall: LiveHall, browser: Browse
     resident_ctx = await browser.new_context(permissions=["camera", "microphone"])
     try:
         clerk_page = await clerk_ctx.new_page()
-        await clerk_page.goto(f"{hall.url}/static/rtc-test.html")
+        await open_rtc_test_page(clerk_page, hall.url)
         participant = await clerk_page.evaluate(CLERK_PAGE_SETUP, await hall.clerk_token(CLERK))
         assert participant == f"clerk:{CLERK}"
 
         resident_page = await resident_ctx.new_page()
         id_token = await hall.resident_id_token("r-monitored", "李四")
-        await resident_page.goto(f"{hall.url}/static/rtc-test.html#id_token={id_token}")
+        await open_rtc_test_page(resident_page, hall.url, f"#id_token={id_token}")
         await resident_page.evaluate("window.hallReady")
         taken = await resident_page.evaluate(
             "m => window.hallRtc.call('ticket.take', {matter_id: m, when_unstaffed: 'wait'})",
@@ -615,9 +623,12 @@ async def test_a_day_of_updates_does_not_grow_the_page(hall: LiveHall, browser: 
         usage: dict[str, Any] = await cdp.send("Runtime.getHeapUsage")
         return int(usage["usedSize"])
 
-    residents = [await resident(hall, f"r-mem-{i}") for i in range(2)]
+    # Two tickets at a time, taken in turn by 12 residents: each takes about 4 in the run,
+    # within the per-resident ticket.take budget (5 a minute, docs/protocol.md).
+    residents = [await resident(hall, f"r-mem-{i}") for i in range(12)]
     matter_id = matter_of(hall, CLERK)
-    held: dict[int, str] = {}
+    held: dict[int, tuple[int, str]] = {}  # slot -> (resident, ticket id)
+    takes = 0
     flapping = await kiosk_clients(hall, ["XH-100"])
     try:
         first = await wall_stats(page)
@@ -632,13 +643,16 @@ async def test_a_day_of_updates_does_not_grow_the_page(hall: LiveHall, browser: 
                 else:
                     flapping = await kiosk_clients(hall, ["XH-100"])
             elif who in held:
-                left = await residents[who].call("ticket.leave", {"ticket_id": held.pop(who)})
+                holder, ticket_id = held.pop(who)
+                left = await residents[holder].call("ticket.leave", {"ticket_id": ticket_id})
                 assert left["ok"], left
             else:
-                taken = await residents[who].call("ticket.take", {"matter_id": matter_id,
-                                                                  "when_unstaffed": "wait"})
+                holder = takes % len(residents)
+                takes += 1
+                taken = await residents[holder].call("ticket.take", {"matter_id": matter_id,
+                                                                     "when_unstaffed": "wait"})
                 assert taken["ok"], taken
-                held[who] = taken["ticket"]["id"]
+                held[who] = (holder, taken["ticket"]["id"])
             await changed(before)
         last = await wall_stats(page)
         heap_after = await heap()

@@ -22,6 +22,7 @@ from rooms.prereview import (
     template_context,
     wrap_text,
 )
+from server.routes import STATIC_DIR
 
 NOW = 1_795_000_000.0  # 2026-11-18, Asia/Shanghai
 
@@ -338,11 +339,14 @@ def test_template_renders_corrections(review: PreReview, matter: Matter) -> None
         "请更正：近期一寸免冠照片（背景须为白色）",
         "https://hall.example/c/abc123",
         '<svg id="qr"></svg>',
-        "@media print",
     ):
         assert text in html, text
     assert html.index("户口簿") < html.index("近期一寸免冠照片")
-    assert "<ol" in html and "http://" not in html and "<link" not in html
+    # Its one asset is the hall's own print stylesheet (a file: the pages' CSP has no inline
+    # style); nothing from elsewhere.
+    sheet = '<link rel="stylesheet" href="/static/css/correction-list.css">'
+    assert "<ol" in html and "http://" not in html and html.count("<link") == 1 and sheet in html
+    assert "@media print" in (STATIC_DIR / "css" / "correction-list.css").read_text()
 
 
 def test_template_passed_and_escaping(review: PreReview, matter: Matter) -> None:

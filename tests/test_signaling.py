@@ -121,11 +121,12 @@ async def test_roles_and_ownership_are_checked_on_every_event() -> None:
         await _resident(hall, other, "r2")
         forbidden = await other.call("offer.accept", {"ticket_id": session_id})
         assert forbidden["error"]["code"] == "forbidden"
+        # Another's ticket or session is not_found, as if it did not exist (docs/protocol.md).
         assert (await other.call("ticket.leave", {"ticket_id": session_id}))["error"][
-            "code"] == "forbidden"
+            "code"] == "not_found"
         intrude = await other.call("rtc.signal", {"session_id": session_id,
                                                   "description": {"type": "offer", "sdp": SDP}})
-        assert intrude["error"]["code"] == "forbidden"
+        assert intrude["error"]["code"] == "not_found"
         assert (await clerk.call("ticket.take", {"matter_id": MATTER}))["error"][
             "code"] == "forbidden"
         assert (await resident.call("monitor.join", {"session_id": session_id}))["error"][
@@ -181,7 +182,10 @@ async def test_resume_replays_missed_events_in_order_and_token_is_single_use() -
         for i in range(3):
             await clerk.call("rtc.signal", {"session_id": session_id,
                                             "description": {"type": "offer", "sdp": f"s{i}"}})
-        await back.connect(hall.url, {"resume": resume_token, "last_seq": last_seq})
+        # A resume presents the credential it came from (the resident's identity token).
+        id_token = await hall.resident_id_token("r1")
+        await back.connect(hall.url, {"id_token": id_token, "resume": resume_token,
+                                      "last_seq": last_seq})
         welcome = await back.next("welcome")
         assert welcome["resumed"] is True and welcome["session"]["id"] == session_id
         replay = [await back.next("rtc.signal") for _ in range(3)]
@@ -191,7 +195,8 @@ async def test_resume_replays_missed_events_in_order_and_token_is_single_use() -
         await clerk.next("session.peer", lambda d: d["state"] == "back")
         reuse = Client()
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await reuse.connect(hall.url, {"resume": resume_token, "last_seq": 0})
+            await reuse.connect(hall.url, {"id_token": id_token, "resume": resume_token,
+                                           "last_seq": 0})
         await reuse.close()
 
 
@@ -409,7 +414,8 @@ async def test_chat_reaches_the_peer_is_limited_and_replayed_after_resume() -> N
         await resident.sio.eio.disconnect(abort=True)
         await clerk.next("session.peer", lambda d: d["state"] == "reconnecting")
         await clerk.call("chat.send", {"session_id": session_id, "text": "需要，请带原件"})
-        await back.connect(hall.url, {"resume": resume_token, "last_seq": last_seq})
+        await back.connect(hall.url, {"id_token": await hall.resident_id_token("r1"),
+                                      "resume": resume_token, "last_seq": last_seq})
         welcome = await back.next("welcome")
         assert [m["text"] for m in welcome["session"]["chat"]] == ["请问需要带户口本吗？",
                                                                    "需要，请带原件"]
@@ -428,7 +434,7 @@ async def test_resident_rates_own_session_once_after_it_ends() -> None:
         await resident.next("ticket.update", lambda d: d["ticket"]["state"] == "done")
         await _resident(hall, other, "r2")
         stranger = await other.call("session.rate", {"ticket_id": session_id, "score": 1})
-        assert stranger["error"]["code"] == "forbidden"
+        assert stranger["error"]["code"] == "not_found"
         bad = await resident.call("session.rate", {"ticket_id": session_id, "score": 9})
         assert bad["error"]["code"] == "invalid_payload"
         rated = await resident.call("session.rate", {"ticket_id": session_id, "score": 5,

@@ -338,7 +338,8 @@ async def test_wall_updates_are_unnumbered_and_not_replayed_on_resume() -> None:
         assert await hub.state.since("supervisor:supervisor", 0) == []
         await sup.sio.eio.disconnect(abort=True)
         await resident.call("ticket.leave", {"ticket_id": took["ticket"]["id"]})
-        await back.connect(hall.url, {"resume": welcome["resume_token"], "last_seq": 0})
+        await back.connect(hall.url, {"token": await hall.clerk_token("supervisor"),
+                                      "resume": welcome["resume_token"], "last_seq": 0})
         while True:
             back.arrived.clear()  # before looking, so an arrival in between is not missed
             if "wall.update" in back.names():
@@ -480,12 +481,13 @@ async def test_session_note_round_trip_and_back_after_resume_and_reload() -> Non
         assert mine["error"]["code"] == "forbidden"
         await _connect(hall, other, staff="clerk02")
         theirs = await other.call("session.note", {"session_id": session_id, "text": "x"})
-        assert theirs["error"]["code"] == "forbidden"
+        assert theirs["error"]["code"] == "not_found"  # another clerk's session
         logged = await _logged(hall, EventKind.CLERK_NOTE)
         assert [(e.ticket_id, e.clerk_id, e.data["text"][:3]) for e in logged] == [
             (session_id, "clerk01", "居民需"), (session_id, "clerk01", "字字字")]
         await clerk.sio.eio.disconnect(abort=True)
-        await back.connect(hall.url, {"resume": welcome["resume_token"], "last_seq": 0})
+        await back.connect(hall.url, {"token": await hall.clerk_token("clerk01"),
+                                      "resume": welcome["resume_token"], "last_seq": 0})
         resumed = await back.next("welcome")
         assert resumed["session"]["notes"] == [note, ok_long["note"]]
         reload = await _connect(hall, again, staff="clerk01")  # a new tab replaces it

@@ -241,13 +241,15 @@ async def test_a_resume_token_works_once(hall: Hall) -> None:
     welcome = await resident.resume(hall.url, timeout=TIMEOUT)
     assert welcome["resumed"] is True and welcome["resume_token"] != used_token
     with pytest.raises(HallConnectError) as refused:
-        await hall.client("replayer").connect(hall.url, {"resume": used_token, "last_seq": 0})
+        await hall.client("replayer").connect(
+            hall.url, {**resident.credential, "resume": used_token, "last_seq": 0})
     assert refused.value.code == "resume_invalid", refused.value.data
     resident.check()
 
 
 async def test_a_third_party_cannot_signal_into_a_session(hall: Hall) -> None:
-    """Another resident's rtc.signal into someone else's session is refused with forbidden."""
+    """Another resident's rtc.signal into someone else's session is refused with not_found
+    (as if it did not exist: docs/protocol.md, "Conventions")."""
     s = await start_session(hall)
     intruder = await hall.resident("r-e2e-intruder", "李四")
     offer = {"type": "offer", "sdp": "v=0\r\n"}
@@ -255,9 +257,9 @@ async def test_a_third_party_cannot_signal_into_a_session(hall: Hall) -> None:
                    {"session_id": s.id, "to": "clerk:" + CLERK, "description": offer},
                    {"session_id": s.id, "candidate": None}):
         ack = await intruder.call("rtc.signal", signal)
-        assert ack["ok"] is False and ack["error"]["code"] == "forbidden", (signal, ack)
+        assert ack["ok"] is False and ack["error"]["code"] == "not_found", (signal, ack)
     ack = await intruder.call("media.screen", {"session_id": s.id, "active": True})
-    assert ack["ok"] is False and ack["error"]["code"] == "forbidden", ack
+    assert ack["ok"] is False and ack["error"]["code"] == "not_found", ack
 
     # Nobody noticed: the next thing each side receives is what the other side sends now.
     await s.clerk.ok("media.screen", {"session_id": s.id, "active": False})

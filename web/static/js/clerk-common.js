@@ -81,16 +81,11 @@ export function callbackText(item) {
   return contact ? t("callback_contact", { contact }) : t("callback_no_contact");
 }
 
-/** A shared file's name for display: some clients percent-encode non-ASCII names in their
- * multipart upload, which the hall stores as sent. */
+/** A shared file's name for display: exactly as the hall stored it. Never decoded: the hall
+ * strips control and bidi characters from names, and percent-decoding here would bring them
+ * back ("id-card%E2%80%AEgnp.exe" would show as a right-to-left override). */
 export function displayName(filename) {
-  const name = String(filename || "");
-  if (!/%[0-9A-Fa-f]{2}/.test(name)) return name;
-  try {
-    return decodeURIComponent(name);
-  } catch (err) {
-    return name;
-  }
+  return String(filename || "");
 }
 
 /** "12 KB" style sizes. */

@@ -110,6 +110,7 @@ export class SessionDesk {
     client.on("monitor.joined", mine((p) => this._onMonitor(p, true)));
     client.on("monitor.left", mine((p) => this._onMonitor(p, false)));
     client.on("file.added", mine((p) => this._onFileAdded(p)));
+    client.on("file.removed", mine((p) => this._onFileRemoved(p)));
     client.on("remote-media", mine((p) => this._onRemoteMedia(p)));
     client.on("screen", mine(({ active }) => {
       this.el.share.textContent = active ? t("stop_share") : t("share_screen");
@@ -300,6 +301,16 @@ export class SessionDesk {
     this._addFile(file, false);
   }
 
+  _onFileRemoved({ ticket_id: ticketId, file_id: fileId }) {
+    if (!this.session || ticketId !== this.session.id || !this.files.has(fileId)) return;
+    this.files.delete(fileId);
+    this.selected.delete(fileId);
+    this.blobs.delete(fileId);
+    if (this.previewing === fileId) this.previewing = null;
+    this._renderFiles();
+    this.prereview.selectionChanged();
+  }
+
   /** Preview a shared file inline (the bytes are fetched once with the hall token). */
   async showFile(fileId) {
     const file = this.files.get(fileId);
@@ -439,7 +450,10 @@ export class SessionDesk {
 
   async _fillTransferClerks() {
     try {
-      const response = await fetch("/api/queues", { credentials: "same-origin" });
+      // The staff directory (names, states) comes only with the hall token.
+      const response = await fetch("/api/queues", {
+        headers: { Authorization: `Bearer ${this.ctx.token()}` },
+      });
       if (!response.ok) return;
       const data = await response.json();
       const clerks = (data && Array.isArray(data.clerks) ? data.clerks : [])

@@ -560,7 +560,9 @@ async function acceptOffer() {
     onSessionStarted(ack.session);
   } catch (err) {
     showError(err);
-    if (err instanceof HallError && (err.code === "invalid_state" || err.code === "forbidden")) {
+    // The offer is over (invalid_state), or the ticket is no longer this clerk's at all
+    // (not_found: e.g. the resident left and the offer was withdrawn meanwhile).
+    if (err instanceof HallError && ["invalid_state", "not_found", "forbidden"].includes(err.code)) {
       if (offer === current) offer = null;
       render();
     }

@@ -12,9 +12,11 @@
  *
  * What it does:
  *   - Socket.IO (websocket only) with the handshake `auth` the contract asks for: the given
- *     credentials for the first connection, then `{resume, last_seq}` for every reconnection,
- *     so a dropped connection resumes and the server replays what was missed, in order.
- *   - Numbering: remembers the last `seq` received and `resume_token` from every `welcome`;
+ *     credentials for the first connection, then the same credentials plus `{resume,
+ *     last_seq}` for every reconnection (the hall binds a resume to its credential), so a
+ *     dropped connection resumes and the server replays what was missed, in order.
+ *   - Numbering: remembers the last `seq` received and `resume_token` from every `welcome`,
+ *     and acknowledges the `welcome` (so the hall retires the token it resumed with);
  *     a gap or a repeat in the numbering is recorded in `stats().seqViolations`. The state
  *     pushes (`wall.update`, `queues.update`) are not numbered.
  *   - Media (unless `withMedia: false`): on `session.started` it opens an RTCPeerConnection
@@ -40,12 +42,16 @@
  * Hooks for tests: `stats()` (counters and timings) and `dropForTest()`.
  */
 import { io } from "/vendor/socket.io.esm.min.js";
+import { CallQuality } from "./call-quality.js";
 
 const ACK_TIMEOUT_MS = 10000;
 const RESTART_TIMEOUT_MS = 8000; // ICE restart not connected by then: fresh connection
 const DATA_CHANNEL = "hall";
+// A resume refused for the resume itself (not the credential): connect afresh instead.
+const RESUME_REFUSED = new Set(["resume_invalid", "last_seq_ahead", "replay_unavailable"]);
 // State pushes: each supersedes the previous one, so the hall does not number or replay them.
-const UNNUMBERED = new Set(["welcome", "replaced", "wall.update", "queues.update"]);
+const UNNUMBERED = new Set(["welcome", "replaced", "session.expired", "wall.update",
+  "queues.update"]);
 
 function now() {
   return performance.now();
@@ -54,6 +60,12 @@ function now() {
 function iceUfrag(sdp) {
   const match = /^a=ice-ufrag:(\S+)/m.exec(sdp || "");
   return match ? match[1] : null;
+}
+
+/** `?relay=1` in the page's address: relay-only media (options.iceTransportPolicy). */
+function relayFromAddress() {
+  const search = globalThis.location ? globalThis.location.search : "";
+  return new URLSearchParams(search).get("relay") === "1" ? "relay" : "all";
 }
 
 function dtlsFingerprint(sdp) {
@@ -85,6 +97,9 @@ export class HallClient {
    * @param {MediaStreamConstraints} [options.media]   getUserMedia constraints
    * @param {boolean} [options.autoReconnect]  resume by itself after a drop (default true)
    * @param {function} [options.log]       receives (message, details) for diagnostics
+   * @param {string} [options.iceTransportPolicy]  "relay": TURN-relayed candidates only (to
+   *        diagnose a network that blocks UDP or direct paths; also `?relay=1` in the page's
+   *        address); default "all"
    */
   constructor(options) {
     this.url = options.url || globalThis.location.origin;
@@ -96,6 +111,7 @@ export class HallClient {
     this.media = options.media || { audio: true, video: true };
     this.autoReconnect = options.autoReconnect !== false;
     this.logger = options.log || null;
+    this.iceTransportPolicy = options.iceTransportPolicy || relayFromAddress();
 
     this.socket = null;
     this.participant = null;
@@ -141,6 +157,7 @@ export class HallClient {
       messages: [], // data-channel messages received
     };
     this.timings = {}; // performance.now() marks, see _mark()
+    this.quality = new CallQuality(this); // call.report: the call funnel and stats
   }
 
   // ------------------------------------------------------------------ events
@@ -204,13 +221,18 @@ export class HallClient {
       this._emitLocal("disconnected", { reason });
     });
     socket.on("connect_error", (err) => this._onConnectError(err));
-    socket.onAny((event, payload) => this._onServerEvent(event, payload));
+    // socket.io-client passes the ack function last when the hall asks for one (welcome).
+    socket.onAny((event, payload, ack) => {
+      this._onServerEvent(event, payload);
+      if (event === "welcome" && typeof ack === "function") ack({ ok: true });
+    });
     const welcome = this._nextWelcome();
     socket.connect();
     return welcome;
   }
 
-  /** Resume a dropped connection (auth {resume, last_seq}); resolves with the `welcome`.
+  /** Resume a dropped connection (auth {credentials, resume, last_seq}); resolves with the
+   * `welcome`.
    * If a session is live, ICE restarts once the hall has welcomed us back. */
   reconnect() {
     if (!this.socket) return this.connect();
@@ -277,8 +299,13 @@ export class HallClient {
   }
 
   _auth() {
-    if (this.resumeToken) return { resume: this.resumeToken, last_seq: this.lastSeq };
-    return typeof this.credentials === "function" ? this.credentials() : this.credentials;
+    const credentials = typeof this.credentials === "function"
+      ? this.credentials() : this.credentials;
+    // A resume presents its credential too (the hall verifies it as at a fresh connect).
+    if (this.resumeToken) {
+      return { ...credentials, resume: this.resumeToken, last_seq: this.lastSeq };
+    }
+    return credentials;
   }
 
   _nextWelcome() {
@@ -289,8 +316,9 @@ export class HallClient {
     const data = (err && err.data) || {};
     const code = data.code || (data.data && data.data.code) || null;
     this._log("connect_error", { message: err && err.message, code });
-    if (code === "resume_invalid" && this.resumeToken) {
-      // The hall forgot us (grace over, or the token was used): start afresh.
+    if (RESUME_REFUSED.has(code) && this.resumeToken) {
+      // The hall forgot us (grace over, or the token was superseded), or cannot replay the
+      // gap: start afresh.
       this.resumeToken = null;
       this.lastSeq = 0;
       this._emitLocal("resume_failed", { code });
@@ -298,7 +326,7 @@ export class HallClient {
       return;
     }
     const fatal = code === "unauthenticated" || code === "forbidden"
-      || code === "too_many_attempts";
+      || code === "too_many_attempts" || code === "origin_refused";
     if (fatal || !this.socket.io.reconnection() || !this.socket.active) {
       if (fatal) this.socket.io.reconnection(false);
       this._link("offline");
@@ -574,11 +602,16 @@ export class HallClient {
     this._openConnection(session.initiator || offerNow);
   }
 
+  /** What every RTCPeerConnection of a session is opened with. */
+  _rtcConfig(session) {
+    return { iceServers: session.ice_servers || [], iceTransportPolicy: this.iceTransportPolicy };
+  }
+
   /** A new RTCPeerConnection with our tracks. `offerer`: this side makes the first offer
    * (and creates the data channel); otherwise it waits for the peer's offer. */
   _openConnection(offerer) {
     const session = this.session;
-    const pc = new RTCPeerConnection({ iceServers: session.ice_servers || [] });
+    const pc = new RTCPeerConnection(this._rtcConfig(session));
     const generation = ++this.generation;
     this.pc = pc;
     this.polite = !!session.polite;
@@ -874,7 +907,7 @@ export class HallClient {
   async _openLeg(supervisor) {
     if (this.legs.has(supervisor) || !this.session || !this.pc) return;
     const sessionId = this.session.id;
-    const leg = new RTCPeerConnection({ iceServers: this.session.ice_servers || [] });
+    const leg = new RTCPeerConnection(this._rtcConfig(this.session));
     this.legs.set(supervisor, leg);
     for (const receiver of this.pc.getReceivers()) {
       const track = receiver.track;
@@ -928,7 +961,7 @@ export class HallClient {
     if (this.monitorSession) await this.unmonitor();
     const ack = await this.request("monitor.join", { session_id: sessionId });
     const session = ack.session;
-    const pc = new RTCPeerConnection({ iceServers: session.ice_servers || [] });
+    const pc = new RTCPeerConnection(this._rtcConfig(session));
     this.monitorSession = { id: session.id, clerk: session.clerk, pc, streams: [], screenId: null };
     pc.onicecandidate = ({ candidate }) => {
       this._signal({ to: session.clerk, candidate: candidate ? candidate.toJSON() : null },

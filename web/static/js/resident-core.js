@@ -105,6 +105,10 @@ export class ResidentFlow {
       this.files.set(file.id, file);
       this._emit("files", { added: file });
     });
+    c.on("file.removed", ({ ticket_id: id, file_id: fileId }) => {
+      if (!this._mine(id) || !this.files.delete(fileId)) return;
+      this._emit("files", { removed: fileId });
+    });
     c.on("case.update", ({ case: item }) => {
       this.cases.set(item.id, item);
       this._emit("case", { case: item });

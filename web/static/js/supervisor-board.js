@@ -255,6 +255,10 @@ export class Departments {
   update(wall) {
     this.limit = wall.wait_alert_s || null;
     this.at = wall.at;
+    // A department supervisor's wall has only their departments: the catalog's others
+    // would show as empty rows, so they are hidden.
+    const scope = wall.scope && !wall.scope.whole_hall ? new Set(wall.scope.departments) : null;
+    for (const dept of this.depts.values()) setHidden(dept.body, !!scope && !scope.has(dept.id));
     for (const d of wall.departments || []) {
       const row = this.depts.get(d.id) || this._dept(d);
       setText(row.waiting, d.waiting || 0);
