@@ -1005,6 +1005,9 @@ class Clerk(Actor):
                     time.time() - (float(data["deadline"]) - float(data["timeout_s"])))
                 run.offered(str(data["ticket_id"]), now())
             run.clerk_seen(self.id, "offered")  # its clerk.state may come after
+            # A ticket offered again (after a decline's cooldown) is a new offer.
+            self.withdrawn.discard(str(data["ticket_id"]))
+            self.answered.discard(str(data["ticket_id"]))
             self.offers.append(data)
         elif event == "offer.withdrawn":
             tid = str(data["ticket_id"])

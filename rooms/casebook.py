@@ -13,6 +13,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rooms.cases import (
     DEFAULT_POLICY,
@@ -159,14 +160,15 @@ class CaseBook:
         """
         if case.version != 0:
             raise HallError(f"case {case.number} ({case.id}) is already filed", code="conflict")
-        _, write_engine = self._db.engines
+        async def insert(conn: AsyncConnection) -> None:
+            await conn.execute(
+                hall_cases.insert().values(id=case.id, version=1, **_case_values(case))
+            )
+            if case.steps:
+                await conn.execute(hall_case_steps.insert(), _step_rows(case.id, case.steps))
+
         try:
-            async with write_engine.begin() as conn:
-                await conn.execute(
-                    hall_cases.insert().values(id=case.id, version=1, **_case_values(case))
-                )
-                if case.steps:
-                    await conn.execute(hall_case_steps.insert(), _step_rows(case.id, case.steps))
+            await self._db.write(insert)
         except sa.exc.IntegrityError as exc:
             raise HallError(
                 f"case {case.number} ({case.id}) clashes with a stored case "
@@ -183,8 +185,7 @@ class CaseBook:
         """
         if case.version == 0:
             raise NotFoundError(f"case {case.number} ({case.id}) was never filed")
-        _, write_engine = self._db.engines
-        async with write_engine.begin() as conn:
+        async def update(conn: AsyncConnection) -> None:
             stmt = (
                 hall_cases.update()
                 .where(hall_cases.c.id == case.id, hall_cases.c.version == case.version)
@@ -213,6 +214,8 @@ class CaseBook:
             new_steps = case.steps[int(stored or 0) :]
             if new_steps:
                 await conn.execute(hall_case_steps.insert(), _step_rows(case.id, new_steps))
+
+        await self._db.write(update)
         case.version += 1
 
     # -- reading ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import builtins
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rooms.errors import ValidationError
 from rooms.files import FileIndex, StoredFile
@@ -49,10 +50,11 @@ class DatabaseFileIndex(FileIndex):
             return [_stored(row) for row in await conn.execute(query)]
 
     async def add(self, stored: StoredFile) -> None:
-        _, write = self._db.engines
+        async def insert(conn: AsyncConnection) -> None:
+            await conn.execute(sa.insert(hall_files).values(**stored.to_dict()))
+
         try:
-            async with write.begin() as conn:
-                await conn.execute(sa.insert(hall_files).values(**stored.to_dict()))
+            await self._db.write(insert)
         except sa.exc.IntegrityError:
             raise ValidationError(f"file {stored.id} is already recorded") from None
 
@@ -68,9 +70,10 @@ class DatabaseFileIndex(FileIndex):
         stored = await self.get(session_id, file_id)
         if stored is None:
             return None
-        _, write = self._db.engines
-        async with write.begin() as conn:
+        async def delete(conn: AsyncConnection) -> None:
             await conn.execute(sa.delete(hall_files).where(hall_files.c.id == file_id))
+
+        await self._db.write(delete)
         return stored
 
     async def refcount(self, digest: str) -> int:

@@ -11,6 +11,7 @@ import secrets
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rooms.casebook import hall_prereviews
 from rooms.errors import NotFoundError
@@ -34,14 +35,17 @@ class PreReviewBook:
         if not review.finished or review.result is None:
             raise ValueError("only a finished pre-review is stored")
         review_id = secrets.token_urlsafe(16)
-        _, write = self._db.engines
-        async with write.begin() as conn:
+        result = review.result
+
+        async def insert(conn: AsyncConnection) -> None:
             await conn.execute(sa.insert(hall_prereviews).values(
                 id=review_id, ticket_id=review.ticket_id, matter_id=review.matter_id,
                 department_id=department_id, clerk_id=review.clerk_id,
-                result=review.result.value, items=review.to_dict(),
+                result=result.value, items=review.to_dict(),
                 created_at=review.finished_at or review.created_at,
             ))
+
+        await self._db.write(insert)
         return review_id
 
     async def get(self, review_id: str) -> StoredPreReview:

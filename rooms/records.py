@@ -15,21 +15,23 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from rooms.errors import HallError
 from rooms.events import TERMINAL_KINDS, EventKind, HallEvent
 from rooms.migrations import current_version, migrate
 
 logger = logging.getLogger("hall.records")
+
+_T = TypeVar("_T")
 
 # How long a SQLite writer waits for another connection's write lock before failing.
 _SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -270,6 +272,23 @@ class RecordsDB:
         return self._engine, self._write_engine
 
     # -- writing ---------------------------------------------------------------------------------
+    async def write(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        """Run ``work`` in one write transaction that a cancel of the caller cannot cut.
+
+        Every write of the records database (events, cases, files, pre-reviews) goes through
+        here. A cancel landing inside a transaction (a task stopped at shutdown) would leave
+        it open on a connection nobody closes; on SQLite its write lock then stays held, and
+        the next writer (the final flush of the event log) fails with "database is locked",
+        losing what the outbox still held. Shielded, the transaction commits or rolls back
+        on its own; only the caller stops waiting."""
+        _, write_engine = self._engines()
+
+        async def transaction() -> _T:
+            async with write_engine.begin() as conn:
+                return await work(conn)
+
+        return await asyncio.shield(transaction())
+
     async def append(self, events: Sequence[HallEvent]) -> int:
         """Insert ``events`` in one transaction; return how many were new.
 
@@ -278,7 +297,7 @@ class RecordsDB:
         """
         if not events:
             return 0
-        engine, write_engine = self._engines()
+        engine, _ = self._engines()
         rows = [_event_to_row(e) for e in events]
         insert: Any
         if engine.dialect.name == "postgresql":
@@ -293,10 +312,11 @@ class RecordsDB:
         # RETURNING reports exactly the rows that were inserted, which a rowcount does not
         # reliably do for executemany on every driver.
         stmt = insert.on_conflict_do_nothing(index_elements=["seq"]).returning(hall_events.c.seq)
-        async with write_engine.begin() as conn:
-            result = await conn.execute(stmt, rows)
-            inserted = len(result.all())
-        return inserted
+
+        async def insert_rows(conn: AsyncConnection) -> int:
+            return len((await conn.execute(stmt, rows)).all())
+
+        return await self.write(insert_rows)
 
     # -- reading ---------------------------------------------------------------------------------
     async def events(

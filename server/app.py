@@ -180,7 +180,7 @@ async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.WRITER] = writer
     app[keys.WRITER_TASK] = task
     yield
-    await stop_tasks([task])
+    await writer.stop(task)
     # Events appended after the writer's last pass are still in the store's outbox; the
     # store is memory-only, so anything not written now would be lost with the process.
     try:
@@ -301,6 +301,13 @@ async def _case_filer_ctx(app: web.Application) -> AsyncIterator[None]:
         name="case-filer")
     yield
     await stop_tasks([task])
+    # As for the event log's final flush: an embedded store dies with the process, and with
+    # it every outcome's case not yet filed.
+    try:
+        await file_due()
+    except Exception:
+        log.exception("cases: final filing failed; %d follow-ups were not filed",
+                      len(await store.followup_peek(10_000)))
 
 
 def make_runner(app: web.Application) -> web.AppRunner:

@@ -37,7 +37,9 @@ def proxy_networks(settings: Settings) -> tuple[Network, ...]:
     return parse_networks(settings.trusted_proxies)
 
 
-def _trusted(address: str | None, networks: Sequence[Network]) -> bool:
+def in_networks(address: str | None, networks: Sequence[Network]) -> bool:
+    """Whether ``address`` is in one of ``networks``; an address that is not an IP (a Unix
+    socket, a closed transport) is in none."""
     if not address:
         return False
     try:
@@ -50,11 +52,11 @@ def _trusted(address: str | None, networks: Sequence[Network]) -> bool:
 def client_address(peer: str | None, forwarded_for: str | None,
                    networks: Sequence[Network]) -> str | None:
     """The client's address given the direct peer and its X-Forwarded-For header."""
-    if not networks or not forwarded_for or not _trusted(peer, networks):
+    if not networks or not forwarded_for or not in_networks(peer, networks):
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, networks):
+        if not in_networks(hop, networks):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:
@@ -91,7 +93,7 @@ def _first(value: str) -> str:
 def own_origin(request: web.BaseRequest, networks: Sequence[Network]) -> str:
     """The hall's origin as the client sees it, ``scheme://host[:port]``."""
     scheme, host = request.scheme, request.host
-    if networks and _trusted(peer_address(request), networks):
+    if networks and in_networks(peer_address(request), networks):
         scheme = _first(request.headers.get("X-Forwarded-Proto", "")) or scheme
         host = _first(request.headers.get("X-Forwarded-Host", "")) or host
     return f"{scheme}://{host}".lower()

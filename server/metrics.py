@@ -26,7 +26,6 @@ one process (the tests) do not collide, and nothing else in the process leaks in
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections import Counter as Tally
@@ -56,7 +55,7 @@ from rooms.redis_link import RedisLink
 from rooms.redis_store import RedisStore
 from rooms.store import Store
 from server import keys
-from server.forwarded import Network, parse_networks
+from server.forwarded import in_networks, parse_networks
 from signaling import protocol as p
 from signaling.hub import SignalingHub
 from signaling.identity import Role
@@ -443,16 +442,6 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 METRICS = web.AppKey("metrics", HallMetrics)  # here, not in server.keys: it imports this
 
 
-def _allowed(address: str | None, networks: Sequence[Network]) -> bool:
-    if not address:
-        return False  # a Unix socket or a closed transport: nothing to check against
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in networks)
-
-
 def setup_metrics(app: web.Application) -> HallMetrics:
     """Build the app's metrics, hook them to the hub, the hall and Redis, add ``/metrics``.
     Call after the hub is built and after :func:`server.routes.setup_routes` (its forwarded
@@ -478,7 +467,7 @@ def setup_metrics(app: web.Application) -> HallMetrics:
     allow = parse_networks(app[keys.SETTINGS].metrics_allow)
 
     async def serve(request: web.Request) -> web.Response:
-        if not _allowed(request.remote, allow):
+        if not in_networks(request.remote, allow):
             return web.json_response(
                 {"ok": False, "error": {"code": "forbidden",
                                         "message": "metrics are not served to this address "

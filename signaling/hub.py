@@ -148,6 +148,11 @@ def _event_name(encoded: str) -> str | None:
     return encoded[start + 2:end] if end != -1 and end - start < 80 else None
 
 
+_CLIENT_PACKETS = frozenset({socketio.packet.CONNECT, socketio.packet.DISCONNECT,
+                             socketio.packet.EVENT, socketio.packet.ACK,
+                             socketio.packet.BINARY_EVENT, socketio.packet.BINARY_ACK})
+
+
 class OrjsonPacket(socketio.packet.Packet):  # type: ignore[misc]
     """This hub's packets only: ``AsyncServer(json=...)`` would swap the codec of every
     Socket.IO client and server in the process.
@@ -171,6 +176,13 @@ class OrjsonPacket(socketio.packet.Packet):  # type: ignore[misc]
                 namespace=self.namespace, ack_id=self.id,
                 event=_event_name(encoded_packet)) from None
         kind = self.packet_type
+        # python-socketio raises on these inside Engine.IO's task (an ERROR and a traceback
+        # per frame), and calls an ack's callback with ``*data``, so an ACK without a list of
+        # arguments would fail inside the hub's own welcome-ack callback.
+        if kind not in _CLIENT_PACKETS or (kind == socketio.packet.ACK
+                                           and not isinstance(self.data, list)):
+            raise UndecodablePacket("not a packet a client sends", packet_type=kind,
+                                    namespace=self.namespace, ack_id=None)
         if kind in (socketio.packet.BINARY_EVENT, socketio.packet.BINARY_ACK):
             raise UndecodablePacket("binary attachments are not accepted", packet_type=kind,
                                     namespace=self.namespace, ack_id=self.id,
@@ -1591,11 +1603,15 @@ class SignalingHub:
                                 upload: bool = False) -> None:
         """Who may list, upload or download a ticket's files: the resident (or kiosk) who
         took it, the clerk it is offered to or held by, and supervisors whose scope has the
-        ticket's department. ForbiddenError else."""
+        ticket's department. Anyone else gets ``not_found`` with the same message whether or
+        not the ticket exists (the rule of the events, :meth:`_owned`): ticket ids are not
+        secret, so a 403 for another resident's ticket would tell that it is there."""
         if principal.role == Role.SUPERVISOR:
             await self._check_supervisor_files(principal, ticket_id, upload=upload)
             return
-        ticket = await self.hall.get_ticket(ticket_id)
+        ticket = await self._ticket_or_none(ticket_id)
+        if ticket is None:
+            raise NotFoundError(f'no ticket or session "{ticket_id}" of yours')
         if principal.role == Role.CLERK:
             if ticket.clerk_id == principal.subject and not ticket.is_final:
                 return
@@ -1614,7 +1630,7 @@ class SignalingHub:
                 raise HallError(f"ticket {ticket.number} is {ticket.state}: its uploads are "
                                 "closed", code="uploads_closed")
             return
-        raise ForbiddenError("not a participant of this ticket's session")
+        raise NotFoundError(f'no ticket or session "{ticket_id}" of yours')
 
     async def _check_supervisor_files(self, principal: Principal, ticket_id: str, *,
                                       upload: bool) -> None:

@@ -131,7 +131,9 @@ class RateLimiter:
         """Give back the token of an event the hall refused (``take`` only: general stays)."""
         special = event_class(event)
         entry = self._keys.get(key)
-        if special is None or entry is None or special not in entry.buckets:
+        # Only a take: a refused position query or relay (a bogus id, another's session) still
+        # cost the hall its work, and rtc.signal has no general budget behind it.
+        if special != "take" or entry is None or special not in entry.buckets:
             return
         bucket = entry.buckets[special]
         bucket.tokens = min(float(self._rate(special).burst), bucket.tokens + 1.0)

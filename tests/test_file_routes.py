@@ -101,7 +101,12 @@ async def test_refused_files_and_strangers_get_clear_codes() -> None:
         assert body["error"]["code"] == "file_empty"
         stranger = await hall.resident_id_token("r2")
         status, body = await _upload(hall, stranger, ticket_id, "x.png", _png())
-        assert (status, body["error"]["code"]) == (403, "forbidden")
+        # Not "forbidden": that would tell the stranger the ticket exists.
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        status, missing = await _upload(hall, stranger, "T-no-such", "x.png", _png())
+        assert (status, missing["error"]) == (404, {
+            "code": "not_found", "message": 'no ticket or session "T-no-such" of yours'})
+        assert body["error"]["message"] == f'no ticket or session "{ticket_id}" of yours'
         status, body = await _upload(hall, "garbage", ticket_id, "x.png", _png())
         assert (status, body["error"]["code"]) == (401, "unauthenticated")
         async with aiohttp.ClientSession() as http:

@@ -407,10 +407,10 @@ async def test_kiosk_loses_the_previous_residents_files_when_the_session_ends() 
         await clerk.call("session.end", {"session_id": accepted["session"]["id"]})
         await kiosk.next("session.ended")
         # Session over: the next resident at the kiosk must not see the last one's files.
-        assert await _get(hall, ktoken, path) == 403
-        assert await _get(hall, ktoken, f"{path}/{file_id}") == 403
+        assert await _get(hall, ktoken, path) == 404  # not_found: no longer its ticket
+        assert await _get(hall, ktoken, f"{path}/{file_id}") == 404
         status, body = await _upload(hall, ktoken, ticket_id, _png(b"\x01"))
-        assert status in (403, 409), body
+        assert (status, body["error"]["code"]) == (404, "not_found"), body
         # The clerk still attaches during wrap-up.
         clerk_token = await hall.clerk_token()
         status, body = await _upload(hall, clerk_token, ticket_id, _png(b"\x02"))
@@ -421,7 +421,7 @@ async def test_kiosk_loses_the_previous_residents_files_when_the_session_ends() 
         assert rated["ok"], rated
         # The rating's ack came after anything sent before it: no file.added for the kiosk.
         assert "file.added" not in kiosk.names()
-        assert await _get(hall, ktoken, path) == 403
+        assert await _get(hall, ktoken, path) == 404
 
 
 async def test_kiosk_rating_window_closes() -> None:
