@@ -156,7 +156,6 @@ import asyncio
 import bisect
 import contextlib
 import functools
-import glob
 import importlib
 import itertools
 import json
@@ -164,9 +163,7 @@ import math
 import os
 import random
 import re
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -195,13 +192,13 @@ from bench.cluster import (  # noqa: E402
     RedisProcess,
     alive,
     cpu_s,
-    free_port,
     pct,
     phase_at,
 )
 from rooms.catalog import Catalog, ClerkProfile, load_catalog  # noqa: E402
 from rooms.events import TERMINAL_KINDS, EventKind, HallEvent  # noqa: E402
 from rooms.records import RecordsDB, normalize_database_url  # noqa: E402
+from tests.pgproc import PgCluster, PgMissingError  # noqa: E402
 
 DEMO_CATALOG = ROOT / "rooms" / "data" / "catalog.toml"
 ACK_TIMEOUT_S = 15.0  # an ack not back by then is lost (and counts as this long)
@@ -1202,55 +1199,6 @@ def hall_rss(pids: Sequence[int]) -> float:
     return sum(rss_kib(pid) or 0.0 for pid in pids)
 
 
-def pg_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                                                   reverse=True)), None)
-    if found is None:
-        raise SystemExit(f"error: PostgreSQL's {name} is not installed (needed by --faults)")
-    return found
-
-
-class PgCluster:
-    """A private PostgreSQL cluster (initdb + pg_ctl in a directory of its own, as
-    tests/test_harden_durability.py does), stopped and started again for a real outage."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir / "pg"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self._as: list[str] = []
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            shutil.chown(self.dir, "postgres")
-            self._as = ["runuser", "-u", "postgres", "--"]
-
-    def url(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def _run(self, *argv: str) -> None:
-        subprocess.run([*self._as, *argv], check=True, capture_output=True, timeout=120)
-
-    def init(self) -> None:
-        self._run(pg_bin("initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U",
-                  "postgres", "-E", "UTF8", "--no-sync")
-
-    def start(self) -> None:
-        self._run(pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"),
-                  "-w", "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                  "-c fsync=off -c max_connections=300", "start")
-
-    def stop(self) -> None:
-        self._run(pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
-
-    def create(self, database: str) -> str:
-        self._run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                  database)
-        return self.url(database)
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            self.stop()
-
-
 # -- one configuration --------------------------------------------------------------------------
 
 
@@ -1718,9 +1666,12 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     errors: dict[str, str] = {}
     try:
         if args.faults:
-            pg = PgCluster(workdir)
-            await asyncio.to_thread(pg.init)
-            await asyncio.to_thread(pg.start)
+            pg = PgCluster(workdir / "pg", max_connections=300)
+            try:
+                await asyncio.to_thread(pg.init)
+                await asyncio.to_thread(pg.start)
+            except PgMissingError as exc:
+                raise SystemExit(f"error: {exc} (needed by --faults)") from None
             redis = None
             if any(p > 0 for p in args.processes):
                 rdir = workdir / "redis"

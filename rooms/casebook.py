@@ -280,14 +280,8 @@ class CaseBook:
 
     async def counts(self) -> dict[str, int]:
         """``open``: cases not closed; ``overdue``: those of them past their deadline."""
-        overdue = sa.case((hall_cases.c.overdue.is_(True), 1), else_=0)
-        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(overdue), 0)).where(
-            hall_cases.c.state != CaseState.CLOSED.value
-        )
-        engine, _ = self._db.engines
-        async with engine.connect() as conn:
-            row = (await conn.execute(query)).one()
-        return {"open": int(row[0]), "overdue": int(row[1])}
+        per_department = (await self.department_counts()).values()
+        return {name: sum(c[name] for c in per_department) for name in ("open", "overdue")}
 
     async def department_counts(self) -> dict[str, dict[str, int]]:
         """:meth:`counts` per department (departments without an open case are absent): one

@@ -488,9 +488,15 @@ class Hall:
         for key, ids in by_queue.items():
             ranks.update((t, (shown, actual))
                          for t, shown, actual in await self.store.positions_shown(key, ids))
+        return await self._position_infos(tickets, ranks)
+
+    async def _position_infos(self, tickets: Sequence[Ticket],
+                              ranks: dict[str, tuple[int, int]]) -> list[PositionInfo]:
+        """Each ticket's PositionInfo from its ``(shown, actual)`` rank (final or unranked:
+        no position)."""
         infos = []
         for ticket in tickets:
-            found = ranks.get(ticket.id)
+            found = None if ticket.is_final else ranks.get(ticket.id)
             if found is None:
                 infos.append(PositionInfo(ticket.id, ticket.number, ticket.state.value,
                                           None, None, True))
@@ -508,11 +514,12 @@ class Hall:
         position pusher: one store step for the ranks and one or two for the ETA's inputs,
         whatever the queue's length; no lock. ``number`` and ``state`` are not read (None)."""
         kind, _, ident = queue_key.partition(":")
+        ranked = await self.store.positions_shown(queue_key)
         if kind != "matter":
             # A clerk's queue of transfers (a few tickets, of any matter): ticket by ticket.
-            ids = [t for t, _, _ in await self.store.positions_shown(queue_key)]
-            return await self.positions(ids)
-        ranked = await self.store.positions_shown(queue_key)
+            tickets = [await self._ticket(t) for t, _, _ in ranked]
+            return await self._position_infos(
+                tickets, {t: (shown, actual) for t, shown, actual in ranked})
         if not ranked:
             return []
         clerks = await self.store.duty_count(ident)

@@ -246,20 +246,13 @@ def _every(
     seconds: float, what: str, work: Callable[[web.Application], Awaitable[object]]
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context that runs ``work`` now and then every ``seconds`` until shutdown;
-    a failing run is logged and retried at the next interval."""
+    a failing run is retried at the next interval, logged once per outage (retry_forever)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                try:
-                    await work(app)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("%s failed; retrying in %.0f s", what, seconds)
-                await asyncio.sleep(seconds)
-
-        task = asyncio.create_task(loop(), name=what)
+        task = asyncio.create_task(
+            retry_forever(lambda: work(app), what=what, interval_s=seconds,
+                          max_backoff_s=seconds, log=log),
+            name=what)
         yield
         await stop_tasks([task])
 

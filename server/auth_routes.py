@@ -154,8 +154,10 @@ class _BadRequest(Exception):
         self.message = message
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
-           ) -> web.Response:
+def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None
+               ) -> web.Response:
+    """The hall's one JSON error answer, ``{"ok": false, "error": {code, message}}``, never
+    cached (also for server/csrf.py, server/file_routes.py, server/http_limits.py)."""
     return web.json_response(
         {"ok": False, "error": {"code": code, "message": message}},
         status=status,
@@ -232,11 +234,11 @@ async def _authenticate(
             raise
         await throttle.login_succeeded(who, address)
     except _BadRequest as exc:
-        return _error(400, "invalid_payload", exc.message)
+        return json_error(400, "invalid_payload", exc.message)
     except ThrottledError as exc:
         return throttled(exc)
     except AuthError as exc:
-        return _error(401, exc.code, exc.message)
+        return json_error(401, exc.code, exc.message)
     token, expires_at = request.app[keys.TOKENS].issue(principal)
     return _ok(token=token, role=str(principal.role), name=principal.name, expires_at=expires_at)
 
@@ -270,5 +272,5 @@ async def dev_resident_token(request: web.Request) -> web.Response:
     try:
         body = await _body(request, ResidentTokenBody)
     except _BadRequest as exc:
-        return _error(400, "invalid_payload", exc.message)
+        return json_error(400, "invalid_payload", exc.message)
     return _ok(id_token=signer.sign(body.resident_id, body.name))

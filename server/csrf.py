@@ -23,13 +23,13 @@ long-polling posts are ``text/plain`` by design.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from server.forwarded import Network, origin_allowed
+from server.auth_routes import json_error
+from server.forwarded import Network, allowed_origins, origin_allowed
 
 __all__ = ["MULTIPART_ROUTES", "csrf_middleware"]
 
@@ -39,13 +39,6 @@ MULTIPART_ROUTES = frozenset({("POST", "/api/tickets/{ticket_id}/files")})
 _EXEMPT_PREFIXES = ("/socket.io/",)
 
 
-def _refuse(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(
-        {"ok": False, "error": {"code": code, "message": message}}, status=status,
-        dumps=lambda data: json.dumps(data, ensure_ascii=False),
-        headers={"Cache-Control": "no-store"})
-
-
 def _has_body(request: web.Request) -> bool:
     return bool(request.content_length) or "chunked" in request.headers.get(
         "Transfer-Encoding", "").lower()
@@ -53,31 +46,32 @@ def _has_body(request: web.Request) -> bool:
 
 def refusal(request: web.Request, allowed: Sequence[str],
             networks: Sequence[Network]) -> web.Response | None:
-    """The answer refusing ``request``, or None if it may go on."""
+    """The answer refusing ``request``, or None if it may go on (``allowed`` as
+    :func:`server.forwarded.allowed_origins` gives it)."""
     if request.method not in _STATE_CHANGING or request.path.startswith(_EXEMPT_PREFIXES):
         return None
     origin = request.headers.get("Origin")
     if origin is None:
         site = request.headers.get("Sec-Fetch-Site")
         if site is not None and site.strip().lower() != "same-origin":
-            return _refuse(403, "origin_forbidden",
-                           "a browser request without Origin from another site")
+            return json_error(403, "origin_forbidden",
+                              "a browser request without Origin from another site")
     elif origin.strip().lower() == "null" or not origin_allowed(origin, request, allowed,
                                                                 networks):
-        return _refuse(403, "origin_forbidden", "requests from this origin are not allowed")
+        return json_error(403, "origin_forbidden", "requests from this origin are not allowed")
     route = request.match_info.route.resource
     pattern = route.canonical if route is not None else request.path
     if (request.method, pattern) in MULTIPART_ROUTES:
         return None  # the handler checks its multipart body
     if _has_body(request) and request.content_type != "application/json":
-        return _refuse(415, "unsupported_media_type",
-                       "send the body as Content-Type: application/json")
+        return json_error(415, "unsupported_media_type",
+                          "send the body as Content-Type: application/json")
     return None
 
 
 def csrf_middleware(allowed: Sequence[str], networks: Sequence[Network]) -> Middleware:
     """The two checks above, for ``HALL_ALLOWED_ORIGINS`` and ``HALL_TRUSTED_PROXIES``."""
-    allowed = tuple(allowed)
+    allowed = allowed_origins(allowed)
     networks = tuple(networks)
 
     @web.middleware

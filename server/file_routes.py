@@ -11,7 +11,6 @@ still waiting, so the clerk sees the documents on accept. Downloads are attachme
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from rooms.errors import AuthError, ForbiddenError, HallError, ThrottledError, ValidationError
 from rooms.files import FileKind, StoredFile
 from server import keys
+from server.auth_routes import json_error, throttled
 from signaling.identity import Principal, Role
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,9 @@ def setup_file_routes(app: web.Application) -> None:
 
 
 def _error(err: HallError) -> web.Response:
-    error: dict[str, Any] = {"code": err.code, "message": err.message}
     if isinstance(err, ThrottledError):
-        error["retry_after_s"] = max(1, math.ceil(err.retry_after_s))
-    response = web.json_response({"ok": False, "error": error},
-                                 status=_STATUS.get(err.code, 400))
-    response.headers["Cache-Control"] = "no-store"
-    if isinstance(err, ThrottledError):
-        response.headers["Retry-After"] = str(error["retry_after_s"])
-    return response
+        return throttled(err)
+    return json_error(_STATUS.get(err.code, 400), err.code, err.message)
 
 
 def _view(stored: StoredFile) -> dict[str, Any]:

@@ -99,23 +99,28 @@ def own_origin(request: web.BaseRequest, networks: Sequence[Network]) -> str:
     return f"{scheme}://{host}".lower()
 
 
+def allowed_origins(items: Sequence[str]) -> tuple[str, ...]:
+    """``HALL_ALLOWED_ORIGINS`` as :func:`origin_allowed` takes it: lowercased, once at
+    build."""
+    return tuple(item.lower() for item in items)
+
+
 def origin_allowed(origin: str, request: web.BaseRequest, allowed: Sequence[str],
                    networks: Sequence[Network]) -> bool:
     """Whether ``origin`` (an Origin header) may act on the hall: its own origin, one of
-    ``allowed`` (HALL_ALLOWED_ORIGINS), or any if that is ``*``."""
+    ``allowed`` (HALL_ALLOWED_ORIGINS via :func:`allowed_origins`), or any if that is
+    ``*``."""
     if tuple(allowed) == ("*",):
         return True
     origin = origin.strip().rstrip("/").lower()
-    if origin == own_origin(request, networks):
-        return True
-    return origin in {item.lower() for item in allowed}
+    return origin in allowed or origin == own_origin(request, networks)
 
 
 def socketio_origin_check(allowed: Sequence[str], networks: Sequence[Network]
                           ) -> Callable[[str | None, dict[str, Any]], bool]:
     """python-socketio's ``cors_allowed_origins`` callable with the rule above (its own
     same-origin check believes X-Forwarded-Host from anyone)."""
-    allowed = tuple(allowed)
+    allowed = allowed_origins(allowed)
 
     def check(origin: str | None, environ: dict[str, Any]) -> bool:
         if not origin:

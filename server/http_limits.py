@@ -29,6 +29,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from rooms.errors import HallError
 from server.access_log import RedactingAccessLogger
+from server.auth_routes import json_error
 from server.config import Settings
 
 
@@ -90,8 +91,6 @@ async def _watch(content: StreamReader, idle_s: float) -> None:
 
 
 def _timed_out(err: RequestBodyTimeoutError) -> web.Response:
-    response = web.json_response({"ok": False, "error": {"code": err.code,
-                                                         "message": err.message}},
-                                 status=408, headers={"Cache-Control": "no-store"})
+    response = json_error(408, err.code, err.message)
     response.force_close()  # the rest of the body will not come: nothing else can follow
     return response

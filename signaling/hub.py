@@ -68,6 +68,7 @@ from signaling.sessions import MediaSession
 from signaling.throttle import AuthThrottle
 from signaling.views import clerk_view, offer_view, position_view, ticket_view
 from signaling.wall import Board, LiveSession, build_queues, build_wall
+from signaling.wire import HubServer, OrjsonPacket, UndecodablePacket
 
 logger = logging.getLogger("hall.signaling")
 
@@ -91,197 +92,6 @@ _UPLOADS_OPEN = frozenset({TicketState.WAITING, TicketState.TRANSFERRED, TicketS
 
 _LIVE_TICKET = frozenset({TicketState.WAITING, TicketState.TRANSFERRED, TicketState.OFFERED,
                           TicketState.IN_SESSION, TicketState.WRAP_UP})
-
-
-class OrjsonCodec:
-    """JSON for the hub's packets: orjson saved ~28% server CPU per relayed message
-    (bench/signaling.py --variants)."""
-
-    @staticmethod
-    def dumps(obj: Any, *args: Any, **kwargs: Any) -> str:
-        return orjson.dumps(obj).decode()
-
-    @staticmethod
-    def loads(data: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        return orjson.loads(data)
-
-
-class UndecodablePacket(ValueError):
-    """A frame the hub will not decode (bad JSON, too deep, binary attachments, not an event
-    shape), with what its header said: enough to answer its ack with ``invalid_payload``."""
-
-    def __init__(self, reason: str, *, packet_type: int | None, namespace: str | None,
-                 ack_id: int | None, event: str | None = None, attachments: int = 0,
-                 binary_frame: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.packet_type = packet_type
-        self.namespace = namespace
-        self.ack_id = ack_id
-        self.event = event
-        self.attachments = attachments
-        self.binary_frame = binary_frame
-
-
-def _depth_over(data: Any, limit: int) -> bool:
-    """Whether ``data`` nests lists/objects deeper than ``limit`` (without recursing)."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, dict | list))
-    return False
-
-
-def _event_name(encoded: str) -> str | None:
-    """The event name of an undecodable EVENT frame, for the log line, if it can be seen."""
-    start = encoded.find('["')
-    end = encoded.find('"', start + 2) if start != -1 else -1
-    return encoded[start + 2:end] if end != -1 and end - start < 80 else None
-
-
-_CLIENT_PACKETS = frozenset({socketio.packet.CONNECT, socketio.packet.DISCONNECT,
-                             socketio.packet.EVENT, socketio.packet.ACK,
-                             socketio.packet.BINARY_EVENT, socketio.packet.BINARY_ACK})
-
-
-class OrjsonPacket(socketio.packet.Packet):  # type: ignore[misc]
-    """This hub's packets only: ``AsyncServer(json=...)`` would swap the codec of every
-    Socket.IO client and server in the process.
-
-    Decoding refuses, with :class:`UndecodablePacket`, what no client of the protocol sends
-    and what would otherwise fail later with a traceback: JSON that orjson refuses (NaN,
-    Infinity, 1e400, lone surrogates), nesting deeper than ``p.MAX_DEPTH``, binary attachments
-    (the protocol is JSON only), and an event that is not ``[name, ...]``."""
-
-    json = OrjsonCodec
-
-    def decode(self, encoded_packet: str | bytes) -> int:
-        if not isinstance(encoded_packet, str):
-            raise UndecodablePacket("a binary frame outside a binary packet", packet_type=None,
-                                    namespace=None, ack_id=None, binary_frame=True)
-        try:
-            attachments = int(super().decode(encoded_packet) or 0)
-        except (ValueError, TypeError, RecursionError) as err:
-            raise UndecodablePacket(
-                f"undecodable JSON ({str(err).split(':')[0]})", packet_type=self.packet_type,
-                namespace=self.namespace, ack_id=self.id,
-                event=_event_name(encoded_packet)) from None
-        kind = self.packet_type
-        # python-socketio raises on these inside Engine.IO's task (an ERROR and a traceback
-        # per frame), and calls an ack's callback with ``*data``, so an ACK without a list of
-        # arguments would fail inside the hub's own welcome-ack callback.
-        if kind not in _CLIENT_PACKETS or (kind == socketio.packet.ACK
-                                           and not isinstance(self.data, list)):
-            raise UndecodablePacket("not a packet a client sends", packet_type=kind,
-                                    namespace=self.namespace, ack_id=None)
-        if kind in (socketio.packet.BINARY_EVENT, socketio.packet.BINARY_ACK):
-            raise UndecodablePacket("binary attachments are not accepted", packet_type=kind,
-                                    namespace=self.namespace, ack_id=self.id,
-                                    attachments=attachments, event=_event_name(encoded_packet))
-        # Counting brackets is C-fast; only a frame with many of them is walked.
-        if ((encoded_packet.count("[") + encoded_packet.count("{")) > p.MAX_DEPTH
-                and _depth_over(self.data, p.MAX_DEPTH)):
-            raise UndecodablePacket(f"nested deeper than {p.MAX_DEPTH} levels",
-                                    packet_type=kind, namespace=self.namespace, ack_id=self.id,
-                                    event=_event_name(encoded_packet))
-        if kind == socketio.packet.EVENT and not (
-                isinstance(self.data, list) and self.data and isinstance(self.data[0], str)):
-            raise UndecodablePacket("an event is a list that starts with its name",
-                                    packet_type=kind, namespace=self.namespace, ack_id=self.id)
-        return attachments
-
-
-UndecodableSink = Callable[[str, UndecodablePacket], None]
-ClientEvent = Callable[..., Awaitable[Any]]
-TransportOpen = Callable[[str, dict[str, Any]], bool]
-TransportClosed = Callable[[str], None]
-
-
-class HubServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's server, answering frames :class:`OrjsonPacket` will not decode: an
-    event that asked for an ack gets ``invalid_payload``, a CONNECT gets a ``connect_error``
-    with that code, and the socket stays usable. Without this the decode error escapes into
-    Engine.IO, which logs a traceback per frame and answers nothing."""
-
-    def __init__(self, *args: Any, on_undecodable: UndecodableSink, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_undecodable = on_undecodable
-        self._skipping: dict[str, int] = {}  # eio sid -> attachments of a refused packet left
-        # Set by the hub (see _handle_event_internal and the Engine.IO hooks below).
-        self.on_client_event: ClientEvent | None = None
-        self.on_transport_open: TransportOpen | None = None
-        self.on_transport_closed: TransportClosed | None = None
-
-    async def _handle_event_internal(self, server: Any, sid: str, eio_sid: str,
-                                     data: list[Any], namespace: str, id: int | None) -> None:
-        """Every client EVENT goes to ``on_client_event``, whatever its name. python-socketio
-        resolves it by name in the table of the lifecycle handlers too: an event named
-        ``connect`` or ``disconnect`` would call them with arguments the client chose (a
-        forged environ, so a forged address), one named ``*`` the catch-all with its
-        arguments shifted. Lifecycle handlers are reached only by the server's own CONNECT
-        and DISCONNECT handling. (python-socketio 5.x internals: tests/test_harden_connect.py
-        fails if a release changes them.)"""
-        handler = self.on_client_event
-        if handler is None:
-            return
-        reply = await handler(data[0], sid, *data[1:])
-        if id is not None:
-            await server._send_packet(eio_sid, self.packet_class(
-                socketio.packet.ACK, namespace=namespace, id=id, data=[reply]))
-
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
-        """An Engine.IO connection opened (before any namespace is joined); the hub may
-        refuse it: Engine.IO then answers 401 and keeps nothing."""
-        if self.on_transport_open is not None and not self.on_transport_open(eio_sid, environ):
-            return False
-        return await super()._handle_eio_connect(eio_sid, environ)
-
-    async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
-        try:
-            await super()._handle_eio_message(eio_sid, data)
-        except UndecodablePacket as err:
-            await self._refuse(eio_sid, err)
-
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
-        self._skipping.pop(eio_sid, None)
-        try:
-            await super()._handle_eio_disconnect(eio_sid, reason)
-        finally:
-            if self.on_transport_closed is not None:
-                self.on_transport_closed(eio_sid)
-
-    async def _refuse(self, eio_sid: str, err: UndecodablePacket) -> None:
-        if err.binary_frame and self._skipping.get(eio_sid, 0) > 0:
-            # An attachment of the binary packet refused (and counted) already.
-            self._skipping[eio_sid] -= 1
-            if self._skipping[eio_sid] <= 0:
-                del self._skipping[eio_sid]
-            return
-        if err.attachments > 0:
-            self._skipping[eio_sid] = err.attachments
-        self._on_undecodable(eio_sid, err)
-        namespace = err.namespace or "/"
-        message = f"the payload cannot be decoded: {err.reason}"
-        if err.packet_type == socketio.packet.CONNECT:
-            await self._send_packet(eio_sid, self.packet_class(
-                socketio.packet.CONNECT_ERROR, namespace=namespace,
-                data={"message": message,
-                      "data": {"code": "invalid_payload", "message": message}}))
-        elif (err.packet_type in (socketio.packet.EVENT, socketio.packet.BINARY_EVENT)
-              and err.ack_id is not None
-              and self.manager.sid_from_eio_sid(eio_sid, namespace) is not None):
-            await self._send_packet(eio_sid, self.packet_class(
-                socketio.packet.ACK, namespace=namespace, id=err.ack_id,
-                data=[p.fail("invalid_payload", message)]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1648,38 +1458,36 @@ class SignalingHub:
             raise
         scope.check_department(ticket.department_id, "this ticket")
 
-    async def announce_file(self, ticket_id: str, file: dict[str, Any]) -> None:
-        """Tell the other side (and monitors) that a file was added to the ticket."""
-        ticket = await self.hall.get_ticket(ticket_id)
-        owner = await self.state.owner_of(ticket_id)
+    async def _file_watchers(self, ticket: Ticket) -> list[str]:
+        """Who hears of a ticket's files changing: its resident (a kiosk only while it may
+        still reach them, :meth:`check_file_access`), its clerk and the session's monitors."""
+        owner = await self.state.owner_of(ticket.id)
         if (owner is not None and role_of(owner) == Role.KIOSK
                 and ticket.state not in _UPLOADS_OPEN):
-            owner = None  # the kiosk's access ended with the session (check_file_access)
+            owner = None  # the kiosk's access ended with the session
         targets = [pid for pid in (owner,
                                    f"clerk:{ticket.clerk_id}" if ticket.clerk_id else None)
                    if pid is not None]
-        live = await self.state.session_find(ticket_id)
+        live = await self.state.session_find(ticket.id)
         if live is not None:
             targets += sorted(live.monitors)
-        for pid in targets:
+        return targets
+
+    async def announce_file(self, ticket_id: str, file: dict[str, Any]) -> None:
+        """Tell the other side (and monitors) that a file was added to the ticket."""
+        ticket = await self.hall.get_ticket(ticket_id)
+        for pid in await self._file_watchers(ticket):
             if pid != file.get("uploaded_by"):  # the uploader has the HTTP answer
                 await self._send(pid, "file.added", {"ticket_id": ticket_id, "file": file})
 
     async def announce_file_removed(self, ticket_id: str, file_id: str, *, by: str) -> None:
-        """Tell the ticket's resident, clerk and monitors (not the deleter, who has the HTTP
-        answer) that a file is gone, so no list keeps offering it. The same targets as
-        :meth:`announce_file`; a ticket no longer live has nobody to tell."""
-        try:
-            ticket = await self.hall.get_ticket(ticket_id)
-        except NotFoundError:
+        """Tell the ticket's file watchers (not the deleter, who has the HTTP answer) that a
+        file is gone, so no list keeps offering it; a ticket no longer live has nobody to
+        tell."""
+        ticket = await self._ticket_or_none(ticket_id)
+        if ticket is None:
             return
-        targets = [pid for pid in (await self.state.owner_of(ticket_id),
-                                   f"clerk:{ticket.clerk_id}" if ticket.clerk_id else None)
-                   if pid is not None]
-        live = await self.state.session_find(ticket_id)
-        if live is not None:
-            targets += sorted(live.monitors)
-        for pid in targets:
+        for pid in await self._file_watchers(ticket):
             if pid != by:
                 await self._send(pid, "file.removed",
                                  {"ticket_id": ticket_id, "file_id": file_id, "by": by})
@@ -2003,8 +1811,9 @@ def _every_origin(origin: str | None, environ: dict[str, Any]) -> bool:
 
 
 def _origin_rule(origins: Any) -> Callable[[str | None, dict[str, Any]], bool]:
-    """What decides a handshake's Origin: the configured check, or python-socketio's rule
-    for ``cors_allowed_origins`` (None: the request's own origin; ``*``; a list)."""
+    """What decides a handshake's Origin: the configured check, or (a hub built without one)
+    python-socketio's rule for ``cors_allowed_origins`` (None: the request's own origin;
+    ``*``; a list)."""
     if callable(origins):
         check: Callable[[str | None, dict[str, Any]], bool] = origins
         return check
@@ -2015,13 +1824,9 @@ def _origin_rule(origins: Any) -> Callable[[str | None, dict[str, Any]], bool]:
             return True  # not a browser: nothing to protect
         if allowed is not None:
             return origin in allowed
-        scheme, host = environ.get("wsgi.url_scheme"), environ.get("HTTP_HOST")
-        own = {f"{scheme}://{host}"}
-        if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
-            proto = str(environ.get("HTTP_X_FORWARDED_PROTO", scheme)).split(",")[0].strip()
-            fhost = str(environ.get("HTTP_X_FORWARDED_HOST", host)).split(",")[0].strip()
-            own.add(f"{proto}://{fhost}")
-        return origin in own
+        # X-Forwarded-* are not believed here: which proxies may set them is the app's
+        # configuration (server.forwarded.socketio_origin_check, passed as origin_check).
+        return origin == f"{environ.get('wsgi.url_scheme')}://{environ.get('HTTP_HOST')}"
 
     return rule
 

@@ -38,10 +38,8 @@ class Scope:
                                    and department_id in self.departments)
 
     def covers_matter(self, catalog: Catalog, matter_id: str | None) -> bool:
-        if self.whole_hall:
-            return True
         matter = catalog.matters.get(matter_id or "")
-        return matter is not None and matter.department_id in self.departments
+        return self.covers_department(None if matter is None else matter.department_id)
 
     def covers_any(self, department_ids: Iterable[str]) -> bool:
         return self.whole_hall or not self.departments.isdisjoint(department_ids)

@@ -73,13 +73,17 @@ class AuthThrottle:
         self.known_ttl_s = known_ttl_s
         self._clock = clock
 
+    async def _over_limit(self, key: str) -> None:
+        """Raise :class:`ThrottledError` if ``key`` has ``limit`` strikes (fixed window)."""
+        now = self._clock()
+        found = await self.state.strikes(key, now)
+        if found is not None and found.count >= self.limit:
+            raise _throttled(found.expires_at - now)
+
     # -- tokens (address only) -----------------------------------------------------------
     async def check(self, address: str) -> None:
         """Raise :class:`ThrottledError` if ``address`` has ``limit`` recent refused tokens."""
-        now = self._clock()
-        found = await self.state.strikes("tok:" + address, now)
-        if found is not None and found.count >= self.limit:
-            raise _throttled(found.expires_at - now)
+        await self._over_limit("tok:" + address)
 
     async def failed(self, address: str) -> None:
         """Count one refused token from ``address``."""
@@ -139,10 +143,7 @@ class AuthThrottle:
     # -- other guessable lookups (claim codes) -----------------------------------------------
     async def lookup_check(self, who: str) -> None:
         """Raise :class:`ThrottledError` if ``who`` has ``limit`` failed lookups."""
-        now = self._clock()
-        found = await self.state.strikes("lookup:" + who, now)
-        if found is not None and found.count >= self.limit:
-            raise _throttled(found.expires_at - now)
+        await self._over_limit("lookup:" + who)
 
     async def lookup_failed(self, who: str) -> None:
         await self.state.strike("lookup:" + who, self._clock(), self.window_s, slide=False)

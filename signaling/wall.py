@@ -137,7 +137,7 @@ def build_wall(
             counts = buckets.setdefault(department_id, dict.fromkeys(CLERK_BUCKETS, 0))
             counts[clerk["state"]] = counts.get(clerk["state"], 0) + 1
         ticket_id = clerk["ticket_id"]
-        if ticket_id is not None and not scope.whole_hall and not scope.covers_department(
+        if ticket_id is not None and not scope.covers_department(
                 (ticket_departments or {}).get(ticket_id)):
             ticket_id = None  # another department's resident
         clerks.append({

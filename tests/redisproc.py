@@ -84,14 +84,20 @@ class RedisServer:
 
     def _end(self, sig: signal.Signals) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc, sig, 10)
+
+
+def end_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals,
+                grace_s: float) -> None:
+    """Send ``sig`` to a still-running process and wait, SIGKILL after ``grace_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextlib.contextmanager

@@ -64,6 +64,16 @@ class LiveHall:
         return str(reply["token"])
 
 
+def matter_of(hall: LiveHall, clerk_id: str) -> str:
+    """A matter the clerk serves (primary skill), the first in catalog order."""
+    catalog = hall.app[keys.CATALOG]
+    profile = catalog.clerks[clerk_id]
+    for matter in catalog.matters.values():
+        if matter.id in profile.matters or matter.department_id in profile.departments:
+            return str(matter.id)
+    raise AssertionError(f"no matter served by {clerk_id}")
+
+
 @pytest.fixture(params=["memory", "redis"])
 def hall_backend(request: pytest.FixtureRequest,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:

@@ -22,7 +22,7 @@ from server import keys
 from signaling import protocol as p
 from signaling.identity import Role
 from tests.signalkit import Client, LiveHall, clients, hall_backend, live_hall
-from tests.test_harden_events import RawSocket, raw_socket
+from tests.test_harden_events import RawSocket, resident_raw_socket
 
 MATTER = "flexible_employment_registration"  # served by clerk01 and clerk02 (hrss)
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -325,8 +325,7 @@ async def test_a_seeded_storm_of_hostile_events_gets_documented_answers(
     caplog.set_level(logging.INFO)
     async with live_hall({"HALL_RATE_LIMITS": limits}) as hall, \
             clients(7) as (clerk, partner, waiting, sup, kiosk, gone, anon), \
-            raw_socket(hall, {"id_token": await hall.resident_id_token("r-raw")}) as raw:
-        await raw.welcome()
+            resident_raw_socket(hall, "r-raw") as raw:
         await _connect(hall, clerk, {"token": await hall.clerk_token("clerk01")})
         # An ended session first (the clerk's, now finished), then the live one.
         await _connect(hall, gone, {"id_token": await hall.resident_id_token("r-gone")})
@@ -410,17 +409,14 @@ FOREIGN_PACKETS = ["430", "431", "431null", "432", "44", '44{"message":"x"}', "4
 async def test_packets_a_client_does_not_send_are_dropped_without_a_traceback(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    async with live_hall() as hall:
-        token = await hall.resident_id_token("r-raw")
-        async with raw_socket(hall, {"id_token": token}) as raw:
-            await raw.welcome()
-            stats = hall.app[keys.HUB].stats
-            before = stats["undecodable"]
-            for frame in FOREIGN_PACKETS:
-                await raw.send(frame)
-            # The fence: answered after every frame above was handled, on the same socket.
-            reply = await raw.call(1, "ticket.position", {"ticket_id": "nope"})
-            assert reply["error"]["code"] == "not_found", reply
-            assert stats["undecodable"] == before + len(FOREIGN_PACKETS)
+    async with live_hall() as hall, resident_raw_socket(hall, "r-raw") as raw:
+        stats = hall.app[keys.HUB].stats
+        before = stats["undecodable"]
+        for frame in FOREIGN_PACKETS:
+            await raw.send(frame)
+        # The fence: answered after every frame above was handled, on the same socket.
+        reply = await raw.call(1, "ticket.position", {"ticket_id": "nope"})
+        assert reply["error"]["code"] == "not_found", reply
+        assert stats["undecodable"] == before + len(FOREIGN_PACKETS)
     bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info is not None]
     assert not bad, [(r.name, r.getMessage(), r.exc_info) for r in bad]

@@ -11,12 +11,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import glob
-import os
 import shutil
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,7 +35,8 @@ from rooms.redis_store import RedisStore
 from server import keys
 from signaling.case_desk import CaseDesk
 from tests.hallkit import small_catalog
-from tests.redisproc import RedisServer, free_port, new_prefix, own_redis
+from tests.pgproc import PgCluster
+from tests.redisproc import RedisServer, new_prefix, own_redis
 from tests.signalkit import Client, LiveHall, clients, live_hall
 
 MATTER = "flexible_employment_registration"  # hrss: served by clerk01
@@ -47,59 +44,16 @@ TERMINAL = frozenset({EventKind.DONE, EventKind.ABANDON, EventKind.TIMEOUT,
                       EventKind.STATE_LOST})
 
 
-# -- a private PostgreSQL cluster (never the machine's own server, which others use) --------
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                                                   reverse=True)), None)
-    if found is None:
-        pytest.fail(f"PostgreSQL's {name} is not installed")
-    return found
-
-
-class PgCluster:
-    """initdb + pg_ctl in a directory of its own, on a free loopback port; stop and start it
-    again to make a real outage. PostgreSQL refuses to run as root: as root, the server runs
-    as the ``postgres`` user."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="hall-pg-"))
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._as: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres")
-            self._as = ["runuser", "-u", "postgres", "--"]
-
-    def _run(self, *argv: str) -> None:
-        subprocess.run([*self._as, *argv], check=True, capture_output=True, timeout=60)
-
-    def init(self) -> None:
-        self._run(_pg_bin("initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U",
-                  "postgres", "-E", "UTF8", "--no-sync")
-
-    def start(self) -> None:
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"),
-                  "-w", "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                  "-c fsync=off", "start")
-
-    def stop(self) -> None:
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
 def pg_cluster() -> Iterator[PgCluster]:
-    cluster = PgCluster()
+    cluster = PgCluster(Path(tempfile.mkdtemp(prefix="hall-pg-")))
     try:
         cluster.init()
         cluster.start()
         yield cluster
     finally:
         cluster.remove()
+        shutil.rmtree(cluster.dir, ignore_errors=True)
 
 
 # -- helpers ------------------------------------------------------------------------------------

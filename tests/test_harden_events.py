@@ -97,6 +97,15 @@ async def raw_socket(hall: LiveHall, auth: dict[str, Any] | None) -> AsyncIterat
         yield raw
 
 
+@asynccontextmanager
+async def resident_raw_socket(hall: LiveHall, resident_id: str) -> AsyncIterator[RawSocket]:
+    """A raw socket authenticated as the resident, its ``welcome`` already received."""
+    token = await hall.resident_id_token(resident_id)
+    async with raw_socket(hall, {"id_token": token}) as raw:
+        await raw.welcome()
+        yield raw
+
+
 # Each: (description, frame with ack id {n}). Hand-written JSON the server cannot decode.
 BAD_FRAMES = [
     ("NaN", '42{n}["ticket.position",{{"ticket_id":NaN}}]'),
@@ -146,11 +155,8 @@ async def _assert_refused_one_by_one(hall: LiveHall, raw: RawSocket,
 async def test_undecodable_payloads_get_invalid_payload_from_an_authenticated_socket(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    async with live_hall() as hall:
-        token = await hall.resident_id_token("r-raw")
-        async with raw_socket(hall, {"id_token": token}) as raw:
-            await raw.welcome()
-            await _assert_refused_one_by_one(hall, raw, caplog)
+    async with live_hall() as hall, resident_raw_socket(hall, "r-raw") as raw:
+        await _assert_refused_one_by_one(hall, raw, caplog)
 
 
 async def test_undecodable_payloads_get_invalid_payload_before_authentication(
@@ -190,18 +196,15 @@ def test_safe_log_escapes_control_characters_and_truncates() -> None:
 async def test_a_newline_in_an_event_name_writes_one_escaped_log_line(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    async with live_hall() as hall:
-        token = await hall.resident_id_token("r-log")
-        async with raw_socket(hall, {"id_token": token}) as raw:
-            await raw.welcome()
-            caplog.clear()
-            # Deep nesting used to reach the catch-all's traceback with the name in it.
-            await raw.send('421["x\\nFAKE LOG LINE",' + "[" * 300 + "]" * 300 + "]")
-            reply = await raw.ack(1)
-            assert reply["ok"] is False
-            # A second, decodable event under the same name: refused as unknown.
-            await raw.send('422["x\\nFAKE LOG LINE",{}]')
-            assert (await raw.ack(2))["error"]["code"] == "unknown_event"
+    async with live_hall() as hall, resident_raw_socket(hall, "r-log") as raw:
+        caplog.clear()
+        # Deep nesting used to reach the catch-all's traceback with the name in it.
+        await raw.send('421["x\\nFAKE LOG LINE",' + "[" * 300 + "]" * 300 + "]")
+        reply = await raw.ack(1)
+        assert reply["ok"] is False
+        # A second, decodable event under the same name: refused as unknown.
+        await raw.send('422["x\\nFAKE LOG LINE",{}]')
+        assert (await raw.ack(2))["error"]["code"] == "unknown_event"
     mentions = [r for r in caplog.records if "FAKE LOG LINE" in r.getMessage()]
     assert len(mentions) == 1, [r.getMessage() for r in mentions]
     assert "\n" not in mentions[0].getMessage() and mentions[0].exc_info is None

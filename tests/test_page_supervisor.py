@@ -29,7 +29,7 @@ from tests.browserkit import (
     serious,
     wait_until,
 )
-from tests.signalkit import PASSWORD, Client, LiveHall, live_hall
+from tests.signalkit import PASSWORD, Client, LiveHall, live_hall, matter_of
 
 pytestmark = pytest.mark.browser
 
@@ -114,16 +114,6 @@ async def _hidden(page: Page, selector: str) -> bool:
 async def assert_accessible(page: Page, where: str) -> None:
     problems = serious(await run_axe(page))
     assert not problems, f"axe ({where}):\n" + "\n".join(problems)
-
-
-def matter_of(hall: LiveHall, clerk_id: str) -> str:
-    """A matter the clerk serves (primary skill)."""
-    catalog = hall.app[keys.CATALOG]
-    profile = catalog.clerks[clerk_id]
-    for matter in catalog.matters.values():
-        if matter.id in profile.matters or matter.department_id in profile.departments:
-            return str(matter.id)
-    raise AssertionError(f"no matter served by {clerk_id}")
 
 
 async def resident(hall: LiveHall, resident_id: str) -> Client:

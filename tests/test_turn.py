@@ -43,15 +43,14 @@ from typing import Any
 import pytest
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
-from aiortc import RTCIceCandidate, RTCIceServer
-from aiortc.sdp import candidate_from_sdp
+from aiortc import RTCIceServer
 from playwright.async_api import Browser, Page, async_playwright
 
-from server import keys
+from kiosk.media import aiortc_candidate
 from signaling.identity import turn_credentials
 from tests.browserkit import CHROMIUM_ARGS, open_rtc_test_page
 from tests.rtcpeer import HallClient, MediaPeer, Payload, ice_servers_from
-from tests.signalkit import LiveHall, live_hall
+from tests.signalkit import LiveHall, live_hall, matter_of
 from tests.turnproc import TurnServer, own_turn
 
 CLERK = "clerk01"
@@ -85,16 +84,6 @@ async def turn_hall(turn: TurnServer, transport: str) -> AsyncIterator[LiveHall]
                           "HALL_TURN_SECRET": turn.secret,
                           "HALL_TURN_TTL_S": str(TURN_TTL_S)}) as hall:
         yield hall
-
-
-def matter_of(hall: LiveHall, clerk_id: str) -> str:
-    """A matter the clerk serves."""
-    catalog = hall.app[keys.CATALOG]
-    profile = catalog.clerks[clerk_id]
-    for matter in catalog.matters.values():
-        if matter.id in profile.matters or matter.department_id in profile.departments:
-            return str(matter.id)
-    raise AssertionError(f"no matter served by {clerk_id}")
 
 
 def check_ice_servers(view: Payload, participant: str, url: str) -> None:
@@ -283,16 +272,6 @@ async def test_aiortc_peers_call_through_turn_with_the_halls_credentials(
 # -- (b) Chromium ↔ aiortc, the page relay only ------------------------------------------------
 
 
-def _aiortc_candidate(init: Payload) -> RTCIceCandidate | None:
-    text = str(init.get("candidate") or "")
-    if not text:
-        return None
-    candidate = candidate_from_sdp(text.removeprefix("candidate:"))
-    candidate.sdpMid = init.get("sdpMid")
-    candidate.sdpMLineIndex = init.get("sdpMLineIndex")
-    return candidate
-
-
 async def clerk_signals(client: HallClient, peer: MediaPeer) -> None:
     """The aiortc clerk's side of the browser's answer and trickled candidates."""
     while True:
@@ -303,7 +282,7 @@ async def clerk_signals(client: HallClient, peer: MediaPeer) -> None:
             await peer.accept_answer(description)
         elif "candidate" in signal:
             init = signal["candidate"]
-            await peer.pc.addIceCandidate(None if init is None else _aiortc_candidate(init))
+            await peer.pc.addIceCandidate(None if init is None else aiortc_candidate(init))
 
 
 SELECTED_PAIR_JS = """async () => {

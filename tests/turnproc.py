@@ -45,6 +45,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.redisproc import end_process
+
 TURNSERVER = "turnserver"
 REALM = "hall.test"
 START_TIMEOUT_S = 10.0
@@ -235,14 +237,7 @@ class TurnServer:
     def stop(self) -> None:
         """SIGTERM and wait (SIGKILL after 5 s); idempotent."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc, signal.SIGTERM, 5)
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
